@@ -1,0 +1,51 @@
+"""Sub-command dispatch shared by every fedsar console script.
+
+Each sub-command lives in its own module with ``add_arguments(parser)`` and
+``run(args) -> int``. Only the chosen module is imported, so ``--help`` and light
+commands stay fast and a heavy import (torch, ray) happens only where it is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+Commands = dict[str, tuple[str, str]]  # name -> (module, one-line help)
+
+
+def dispatch(prog: str, description: str, commands: Commands, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` for ``prog``, run the chosen sub-command and return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in commands.items()),
+    )
+    top.add_argument("command", choices=list(commands), metavar="COMMAND")
+    if not argv or argv[0] not in commands:
+        top.parse_args(argv[:1] or ["--help"])  # prints usage and exits
+        return 2
+    name = argv[0]
+    module_name, help_text = commands[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=help_text)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"{prog} {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, field, value) that a command reports plainly."""
