@@ -1,0 +1,123 @@
+"""The site's Flower ``ClientApp``: train on local data, return only shared parameters.
+
+``train``: merge the received shared parameters with the site's personal ones, train
+locally with the strategy's recipe (multi-grain distillation from the received global
+model, proximal term), keep the personal part, reply with the shared part and metrics.
+``evaluate``: the site's personalized model on its own test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import (
+    build_site_model,
+    keep_personal,
+    load_parameters,
+    personal_from_state,
+    site_data,
+    site_setup,
+    split_parameters,
+)
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def _train_config(config: ConfigRecord, seed: int):
+    from client.trainer import TrainConfig
+
+    grains = [int(g) for g in str(config.get("grains", "")).split(",") if g.strip()]
+    mkd = bool(config.get("mkd", False))
+    return TrainConfig(
+        epochs=int(config.get("local-epochs", 1)),
+        batch_size=int(config.get("batch-size", 32)),
+        lr=float(config.get("learning-rate", 0.05)),
+        optimizer=str(config.get("optimizer", "sgd")),
+        schedule="constant",
+        grains=grains if mkd else [],
+        lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,
+        lambda_kd=float(config.get("lambda_kd", 0.0)) if mkd else 0.0,
+        temperature=float(config.get("temperature", 2.0)),
+        mu=float(config.get("mu", config.get("proximal-mu", 0.0))),
+        device=str(config.get("device", "auto")),
+        seed=seed,
+    )
+
+
+def _site_record(name: str) -> ConfigRecord:
+    return ConfigRecord({"site-name": name})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training."""
+    from client.trainer import train as train_model
+
+    config = msg.content["config"]
+    setup = site_setup(context, config)
+    data = site_data(setup)
+    policy = str(config.get("policy", "fsar"))
+    server_round = int(config.get("server-round", 0))
+
+    model = build_site_model(setup, data.num_classes)
+    received = msg.content["arrays"]
+    load_parameters(model, received, personal_from_state(context))
+    global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
+
+    teacher = None
+    recipe = _train_config(config, seed=setup.seed + server_round)
+    if recipe.grains and server_round > 1:  # round 1's "global" model is untrained
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    started = time.perf_counter()
+    metrics = train_model(
+        model, (data.x_train, data.y_train), recipe,
+        teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
+    )
+    seconds = time.perf_counter() - started
+
+    shared, personal = split_parameters(model, policy)
+    keep_personal(context, personal)
+    reply = RecordDict({
+        "arrays": shared,
+        "metrics": MetricRecord({
+            "num-examples": int(len(data.y_train)),
+            "train-loss": float(metrics["loss"]),
+            "train-accuracy": float(metrics["accuracy"]),
+            "train-seconds": float(seconds),
+        }),
+        "site": _site_record(setup.spec.name),
+    })
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Accuracy of the site's personalized model (global shared + own personal) on its test split."""
+    from client.trainer import evaluate as evaluate_model
+
+    config = msg.content["config"]
+    setup = site_setup(context, config)
+    data = site_data(setup)
+    model = build_site_model(setup, data.num_classes)
+    load_parameters(model, msg.content["arrays"], personal_from_state(context))
+    result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
+    reply = RecordDict({
+        "metrics": MetricRecord({
+            "num-examples": int(len(data.y_test)),
+            "eval-loss": float(result["loss"]),
+            "eval-accuracy": float(result["accuracy"]),
+        }),
+        "site": _site_record(setup.spec.name),
+    })
+    return Message(reply, reply_to=msg)

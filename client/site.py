@@ -1,0 +1,112 @@
+"""One site's state inside the ClientApp: its data, its model and its personal parameters.
+
+The coordinator sends only shared parameters. The site merges them with the personal
+ones it keeps (in ``Context.state`` during a run and, in deployment, on its own disk),
+trains, and returns only the shared part again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+
+from skeletons.layouts import get_layout
+from skeletons.scenario import SiteSpec
+from skeletons.site_data import SiteArrays, load_site
+
+log = logging.getLogger(__name__)
+
+PERSONAL_KEY = "personal-parameters"
+
+
+@dataclass
+class SiteSetup:
+    """Where a site's data and model description come from for this message."""
+
+    spec: SiteSpec
+    data_root: str | None
+    layout: str
+    num_frames: int
+    num_persons: int
+    model_config: dict[str, Any]
+    seed: int
+
+
+def site_setup(context: Context, config: ConfigRecord) -> SiteSetup:
+    """Resolve the site from the node config (deployment) or the run's site list (simulation)."""
+    node = context.node_config
+    if "site-config" in node:
+        from client.site_config import load_site_config  # deployment sites describe themselves
+
+        site = load_site_config(str(node["site-config"]))
+        return SiteSetup(
+            spec=site.spec, data_root=site.data_root, layout=str(config.get("layout", site.layout)),
+            num_frames=int(config.get("num-frames", 52)), num_persons=int(config.get("num-persons", 1)),
+            model_config=json.loads(str(config.get("model-config", "{}"))), seed=int(config.get("seed", 0)),
+        )
+    specs = json.loads(str(config["site-specs"]))
+    index = int(node.get("partition-id", 0))
+    if index >= len(specs):
+        raise ValueError(f"node partition-id {index} but the scenario has {len(specs)} sites")
+    data_root = str(config.get("data-root", "")) or None
+    return SiteSetup(
+        spec=SiteSpec.from_dict(specs[index], f"site-specs[{index}]"),
+        data_root=data_root,
+        layout=str(config["layout"]),
+        num_frames=int(config["num-frames"]),
+        num_persons=int(config.get("num-persons", 1)),
+        model_config=json.loads(str(config.get("model-config", "{}"))),
+        seed=int(config.get("seed", 0)),
+    )
+
+
+def site_data(setup: SiteSetup) -> SiteArrays:
+    return load_site(setup.spec, setup.data_root, setup.layout, setup.num_frames, setup.num_persons, setup.seed)
+
+
+def build_site_model(setup: SiteSetup, num_classes: int) -> torch.nn.Module:
+    """The site's model, seeded from the run seed and the site name so restarts agree."""
+    from models import ModelConfig, build_model
+
+    seed = setup.seed * 1000 + sum(setup.spec.name.encode()) % 997
+    torch.manual_seed(seed)
+    config = ModelConfig(**setup.model_config) if setup.model_config else None
+    return build_model(get_layout(setup.layout), num_classes, setup.num_persons, config)
+
+
+def load_parameters(model: torch.nn.Module, shared: ArrayRecord, personal: ArrayRecord | None) -> None:
+    """Put the received shared and the kept personal parameters into ``model``."""
+    from models.roles import merge_state
+
+    state = model.state_dict()
+    incoming = merge_state(shared.to_torch_state_dict(), personal.to_torch_state_dict() if personal else {})
+    unknown = set(incoming) - set(state)
+    if unknown:
+        raise ValueError(f"received parameters the site's model does not have: {sorted(unknown)[:5]}")
+    state.update(incoming)
+    model.load_state_dict(state)
+
+
+def split_parameters(model: torch.nn.Module, policy: str) -> tuple[ArrayRecord, ArrayRecord]:
+    """(shared, personal) ArrayRecords of ``model`` under ``policy``."""
+    from models.roles import split_state
+
+    state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
+    shared, personal = split_state(state, policy=policy)
+    return ArrayRecord(OrderedDict(shared)), ArrayRecord(OrderedDict(personal))
+
+
+def personal_from_state(context: Context) -> ArrayRecord | None:
+    return context.state.array_records.get(PERSONAL_KEY)
+
+
+def keep_personal(context: Context, personal: ArrayRecord) -> None:
+    context.state[PERSONAL_KEY] = personal
+

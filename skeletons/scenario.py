@@ -1,0 +1,145 @@
+"""Scenarios: which data each site of a federation holds, as plain data.
+
+A scenario is a TOML file (built-in ones live in ``skeletons/scenarios/``) that lists
+sites, each described by a :class:`SiteSpec`: the data set it reads, which part of it
+(metadata filter, partition), how it splits into train and test, and the resources it
+gets in a simulation. The coordinator, the sites and the simulator all read the same
+specs, which is why this module sits in the data layer and depends on nothing above it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+REAL_DATASETS = {"nw-ucla", "msr-action3d", "kinder-gator", "ntu", "pyskl", "ctrgcn-npz", "pku-mmd", "uestc"}
+
+
+class ScenarioError(ValueError):
+    """A scenario file or site spec is malformed; the message names the file and field."""
+
+
+@dataclass
+class SiteSpec:
+    """Everything a site needs to find and split its own data."""
+
+    name: str
+    dataset: str
+    folder: str | None = None  # data set folder below the data root; defaults to `dataset`
+    options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
+    select: dict[str, Any] = field(default_factory=dict)  # metadata filter: key -> value or list
+    partition: dict[str, Any] | None = None  # {"scheme", "num_sites", "index", ...}
+    split: dict[str, Any] = field(default_factory=lambda: {"test_fraction": 0.3, "by": "sample"})
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    @property
+    def needs_data_root(self) -> bool:
+        return self.dataset in REAL_DATASETS
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "site") -> "SiteSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ScenarioError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        for required in ("name", "dataset"):
+            if required not in raw:
+                raise ScenarioError(f"{where}: missing field {required!r}")
+        return cls(**raw)
+
+
+@dataclass
+class Scenario:
+    """A named federation: its sites, common layout, input size and run defaults."""
+
+    name: str
+    sites: list[SiteSpec]
+    layout: str = "kinect-v1"
+    num_frames: int = 52
+    num_persons: int = 1
+    description: str = ""
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
+    defaults: dict[str, Any] = field(default_factory=dict)  # run-config defaults
+    source: str = ""
+
+    @property
+    def needs_data_root(self) -> bool:
+        return any(s.needs_data_root for s in self.sites)
+
+    @property
+    def shared_label_set(self) -> bool:
+        """True when every site reads the same data set with the same options (one head fits all)."""
+        keys = {(s.dataset, json.dumps(s.options, sort_keys=True)) for s in self.sites}
+        return len(keys) == 1
+
+    def site_specs_json(self) -> str:
+        return json.dumps([json.loads(s.to_json()) for s in self.sites])
+
+
+def builtin_scenarios() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """Read a built-in scenario by name, or a TOML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SCENARIO_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ScenarioError(
+                f"unknown scenario {str(name_or_path)!r}; built in: {', '.join(builtin_scenarios())}"
+                " (or give the path of a .toml file)"
+            )
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"{path}: not valid TOML: {err}") from err
+    return scenario_from_dict(raw, str(path))
+
+
+def scenario_from_dict(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    """Build a scenario; ``[partition]`` expands one data set into ``num_sites`` site specs."""
+    raw = dict(raw)
+    sites_raw = raw.pop("sites", [])
+    partition = raw.pop("partition", None)
+    if partition is not None:
+        sites_raw = list(sites_raw) + _expand_partition(partition, source)
+    if not sites_raw:
+        raise ScenarioError(f"{source}: no sites (give [[sites]] or [partition])")
+    sites = [SiteSpec.from_dict(s, f"{source}: sites[{i}]") for i, s in enumerate(sites_raw)]
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"{source}: site names repeat: {names}")
+    known = set(Scenario.__dataclass_fields__) - {"sites", "source"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ScenarioError(f"{source}: unknown field(s) {', '.join(sorted(unknown))}")
+    if "name" not in raw:
+        raw["name"] = Path(source).stem
+    return Scenario(sites=sites, source=source, **raw)
+
+
+def _expand_partition(partition: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    part = dict(partition)
+    try:
+        dataset = part.pop("dataset")
+        scheme = part["scheme"]
+        num_sites = int(part["num_sites"])
+    except KeyError as err:
+        raise ScenarioError(f"{source}: [partition] is missing field {err.args[0]!r}") from None
+    site_fields = {k: part.pop(k) for k in ("folder", "options", "select", "split", "num_cpus", "num_gpus") if k in part}
+    prefix = part.pop("site_prefix", f"{scheme}")
+    return [
+        {"name": f"{prefix}-{i}", "dataset": dataset, "partition": {**part, "index": i}, **site_fields}
+        for i in range(num_sites)
+    ]

@@ -1,0 +1,86 @@
+"""Strategies by name: the server-side aggregator and the recipe its sites follow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.serverapp.strategy import Strategy
+
+STRATEGY_NAMES = ("fsar", "fedavg", "fedprox", "fedbn", "fedper", "local")
+
+
+@dataclass
+class StrategyOptions:
+    """Knobs of the strategies; each strategy reads the ones it needs."""
+
+    mu: float = 0.01  # proximal term (fsar, fedprox)
+    mkd: bool = True  # multi-grain distillation (fsar)
+    grains: str = "1,2"  # comma-separated block indices the teacher's features come from
+    lambda_mg: float = 0.5
+    lambda_kd: float = 0.5
+    temperature: float = 2.0
+    server_momentum: float = 0.0
+    server_learning_rate: float = 1.0
+    shared_label_set: bool = False  # all sites have the same classes: one head can be shared
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def client_policy(name: str, shared_label_set: bool) -> str:
+    """Which parameters stay personal on the site under strategy ``name`` (see models.roles)."""
+    if name in ("fedavg", "fedprox"):
+        return "fedavg" if shared_label_set else "fedavg-local-heads"
+    if name == "fedbn" and not shared_label_set:
+        return "fedbn-local-heads"
+    return name
+
+
+def build_strategy(
+    name: str,
+    options: StrategyOptions,
+    *,
+    eval_every: int,
+    num_rounds: int,
+    num_sites: int,
+    fraction_train: float = 1.0,
+    min_sites: int | None = None,
+) -> Strategy:
+    """Instantiate the named strategy with reply screening and its site recipe."""
+    from strategies.baselines import LocalOnly, ScreenedFedAvg, ScreenedFedProx
+    from strategies.fsar import FSAR
+
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    minimum = min_sites if min_sites is not None else num_sites
+    common: dict[str, Any] = dict(
+        eval_every=eval_every,
+        num_rounds=num_rounds,
+        fraction_train=fraction_train,
+        min_train_nodes=min(minimum, num_sites),
+        min_evaluate_nodes=min(minimum, num_sites),
+        min_available_nodes=min(minimum, num_sites),
+    )
+    config: dict[str, Any] = {
+        "strategy": name,
+        "policy": client_policy(name, options.shared_label_set),
+        "mkd": False,
+        "mu": 0.0,
+    }
+    if name == "fsar":
+        config.update(
+            mkd=bool(options.mkd), mu=float(options.mu), grains=options.grains,
+            lambda_mg=float(options.lambda_mg), lambda_kd=float(options.lambda_kd),
+            temperature=float(options.temperature),
+        )
+        return FSAR(
+            client_config=config,
+            server_learning_rate=options.server_learning_rate,
+            server_momentum=options.server_momentum,
+            **common,
+        )
+    if name == "fedprox":
+        config["mu"] = float(options.mu)
+        return ScreenedFedProx(client_config=config, proximal_mu=float(options.mu), **common)
+    if name == "local":
+        return LocalOnly(client_config=config, **common)
+    return ScreenedFedAvg(client_config=config, **common)

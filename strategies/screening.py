@@ -1,0 +1,187 @@
+"""Reply screening and round bookkeeping shared by every fedsar strategy.
+
+A site whose reply is malformed (missing or extra keys, wrong shapes, NaN or Inf, no
+example count) is dropped from the round with a logged reason, so one broken or
+hostile site cannot poison the average or stop the round. The same mixin records what
+each round cost (wall time, the sites' compute time, uplink bytes) and each site's
+metrics, which the server writes to results and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+log = logging.getLogger(__name__)
+
+NUM_EXAMPLES = "num-examples"
+
+
+@dataclass
+class RoundRecord:
+    """What one round cost and what each site reported."""
+
+    round: int
+    wall_s: float = 0.0
+    compute_s: float = 0.0
+    compute_max_s: float = 0.0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    sites_ok: int = 0
+    sites_failed: int = 0
+    dropped: list[str] = field(default_factory=list)
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def site_label(msg: Message) -> str:
+    """The site's name from its reply's metrics (``site-index``) or else its node id."""
+    content = msg.content
+    for record in content.config_records.values():
+        if "site-name" in record:
+            return str(record["site-name"])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def arrays_nbytes(arrays: ArrayRecord) -> int:
+    return int(sum(len(a.data) for a in arrays.values()))
+
+
+def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool) -> str | None:
+    """Why a reply cannot be aggregated, or None when it is sound."""
+    if msg.has_error():
+        return f"site reported an error: {msg.error.reason}"
+    content = msg.content
+    metrics = list(content.metric_records.values())
+    if len(metrics) != 1:
+        return f"expected one MetricRecord, got {len(metrics)}"
+    n = metrics[0].get(NUM_EXAMPLES)
+    if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        return f"bad {NUM_EXAMPLES!r}: {n!r}"
+    for key, value in metrics[0].items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return f"metric {key!r} is not finite"
+    if not need_arrays:
+        return None
+    records = list(content.array_records.values())
+    if len(records) != 1:
+        return f"expected one ArrayRecord, got {len(records)}"
+    arrays = records[0]
+    if expected is not None:
+        missing = set(expected.keys()) - set(arrays.keys())
+        extra = set(arrays.keys()) - set(expected.keys())
+        if missing or extra:
+            return f"parameter keys differ (missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})"
+        for key, ref in expected.items():
+            got = arrays[key]
+            if tuple(got.shape) != tuple(ref.shape) or got.dtype != ref.dtype:
+                return f"parameter {key!r} is {got.dtype}{tuple(got.shape)}, expected {ref.dtype}{tuple(ref.shape)}"
+    for key, arr in arrays.items():
+        if not np.isfinite(arr.numpy()).all():
+            return f"parameter {key!r} holds NaN or Inf"
+    return None
+
+
+class ScreenedRounds:
+    """Mixin for a Flower ``Strategy``: screens replies and records each round.
+
+    Place it before the Flower strategy in the bases, e.g.
+    ``class Screened(ScreenedRounds, FedAvg)``. ``client_config`` is merged into every
+    train message's config so that sites know the strategy's local recipe.
+    """
+
+    client_config: dict[str, Any]
+    history: list[RoundRecord]
+    eval_every: int = 1
+    num_rounds: int = 0
+
+    def init_rounds(self, client_config: dict[str, Any] | None = None, eval_every: int = 1, num_rounds: int = 0) -> None:
+        self.client_config = dict(client_config or {})
+        self.history = []
+        self.eval_every = max(1, int(eval_every))
+        self.num_rounds = num_rounds
+        self._expected: ArrayRecord | None = None
+        self._round_started = 0.0
+
+    def record_for(self, server_round: int) -> RoundRecord:
+        if not self.history or self.history[-1].round != server_round:
+            self.history.append(RoundRecord(round=server_round))
+        return self.history[-1]
+
+    # -- training ------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
+        self._round_started = time.perf_counter()
+        self._expected = arrays
+        for key, value in self.client_config.items():
+            config[key] = value
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self.record_for(server_round).downlink_bytes = arrays_nbytes(arrays) * len(messages)
+        return messages
+
+    def screen(self, server_round: int, replies: Iterable[Message], need_arrays: bool) -> list[Message]:
+        record = self.record_for(server_round)
+        good = []
+        for msg in replies:
+            if not msg.has_error():
+                for arrays in msg.content.array_records.values():
+                    record.uplink_bytes += arrays_nbytes(arrays)
+            problem = reply_problem(msg, self._expected if need_arrays else None, need_arrays)
+            if problem is None:
+                good.append(msg)
+            else:
+                reason = f"{site_label(msg)}: {problem}"
+                log.warning("round %d: dropped reply from %s", server_round, reason)
+                record.dropped.append(reason)
+        return good
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        record = self.record_for(server_round)
+        good = self.screen(server_round, replies, need_arrays=self.sends_arrays())
+        record.sites_ok = len(good)
+        record.sites_failed = len(replies) - len(good)
+        for msg in good:
+            metrics = next(iter(msg.content.metric_records.values()))
+            record.train[site_label(msg)] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        seconds = [m.get("train-seconds", 0.0) for m in record.train.values()]
+        record.compute_s = float(sum(seconds))
+        record.compute_max_s = float(max(seconds, default=0.0))
+        if not good:
+            log.warning("round %d: no usable replies; the global model stays as it was", server_round)
+            result: tuple[ArrayRecord | None, MetricRecord | None] = (None, None)
+        else:
+            result = self.aggregate_good(server_round, good)
+        record.wall_s = time.perf_counter() - self._round_started
+        return result
+
+    def sends_arrays(self) -> bool:
+        return True
+
+    def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return super().aggregate_train(server_round, good)  # type: ignore[misc]
+
+    # -- evaluation ----------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
+        if server_round % self.eval_every and server_round != self.num_rounds:
+            return []
+        for key, value in self.client_config.items():
+            config[key] = value
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        good = self.screen(server_round, list(replies), need_arrays=False)
+        record = self.record_for(server_round)
+        for msg in good:
+            metrics = next(iter(msg.content.metric_records.values()))
+            record.evaluate[site_label(msg)] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if not good:
+            return None
+        return super().aggregate_evaluate(server_round, good)  # type: ignore[misc]
