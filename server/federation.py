@@ -1,0 +1,156 @@
+"""Drive one federated run: initial model, strategy, rounds, results.
+
+Shared by the simulation (``fedsar-sim run``), ``flwr run .`` and the deployed
+coordinator; each gives it a Flower ``Grid`` and :class:`RunSettings`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from server.loop import run_rounds
+from server.settings import RunSettings
+from skeletons.atomic import write_arrays, write_json
+from skeletons.layouts import get_layout
+from skeletons.scenario import Scenario, load_scenario
+from strategies.registry import StrategyOptions, build_strategy, client_policy
+from strategies.screening import RoundRecord, ScreenedRounds
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[RoundRecord, int], None]
+
+
+def model_config_for(scenario: Scenario, preset: str) -> dict[str, Any]:
+    """ModelConfig fields: the preset, then the scenario's overrides."""
+    from models import ModelConfig
+
+    base = asdict(ModelConfig.preset(preset))
+    base.update(scenario.model)
+    return base
+
+
+def num_classes_for(scenario: Scenario, settings: RunSettings) -> int:
+    """Classes of the one shared head, or a placeholder when heads stay on the sites."""
+    if not scenario.shared_label_set:
+        return 1
+    from skeletons.site_data import site_dataset
+
+    return len(site_dataset(scenario.sites[0], settings.data_root or None, scenario.layout, settings.seed).classes)
+
+
+def initial_arrays(scenario: Scenario, settings: RunSettings, model_config: dict[str, Any], policy: str) -> ArrayRecord:
+    """The shared parameters of a freshly initialized global model."""
+    from models import ModelConfig, build_model
+    from models.roles import split_state
+
+    torch.manual_seed(settings.seed)
+    model = build_model(
+        get_layout(scenario.layout), num_classes_for(scenario, settings), scenario.num_persons, ModelConfig(**model_config)
+    )
+    shared, _ = split_state(OrderedDict(model.state_dict()), policy=policy)
+    return ArrayRecord(OrderedDict(shared))
+
+
+def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundRecord]) -> dict[str, Any]:
+    """The results document of DESIGN.md's simulation results contract."""
+    rounds = []
+    last_eval: dict[str, dict[str, float]] = {}
+    for rec in history:
+        accs = [m["eval-accuracy"] for m in rec.evaluate.values() if "eval-accuracy" in m]
+        if rec.evaluate:
+            last_eval = rec.evaluate
+        rounds.append({
+            "round": rec.round,
+            "mean_accuracy": statistics.fmean(accs) if accs else None,
+            "site_accuracy": {k: v.get("eval-accuracy") for k, v in rec.evaluate.items()},
+            "wall_s": rec.wall_s,
+            "compute_s": rec.compute_s,
+            "compute_max_s": rec.compute_max_s,
+            "uplink_bytes": rec.uplink_bytes,
+            "downlink_bytes": rec.downlink_bytes,
+            "sites_ok": rec.sites_ok,
+            "sites_failed": rec.sites_failed,
+            "dropped": rec.dropped,
+            "train_loss": {k: v.get("train-loss") for k, v in rec.train.items()},
+        })
+    sites = {name: {"final_accuracy": m.get("eval-accuracy"), "test_examples": m.get("num-examples")} for name, m in last_eval.items()}
+    finals = [s["final_accuracy"] for s in sites.values() if s["final_accuracy"] is not None]
+    return {
+        "scenario": scenario.name,
+        "strategy": settings.strategy,
+        "settings": settings.to_run_config(),
+        "sites": sites,
+        "final": {
+            "mean_accuracy": statistics.fmean(finals) if finals else None,
+            "std_accuracy": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+            "rounds": len(history),
+        },
+        "rounds": rounds,
+    }
+
+
+def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
+    scenario = load_scenario(settings.scenario)
+    policy = client_policy(settings.strategy, scenario.shared_label_set)
+    model_config = model_config_for(scenario, settings.model_preset)
+    arrays = initial_arrays(scenario, settings, model_config, policy)
+    options = StrategyOptions(
+        mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
+        lambda_kd=settings.lambda_kd, temperature=settings.temperature,
+        server_momentum=settings.server_momentum, shared_label_set=scenario.shared_label_set,
+    )
+    strategy = build_strategy(
+        settings.strategy, options, eval_every=settings.eval_every, num_rounds=settings.num_server_rounds,
+        num_sites=len(scenario.sites), fraction_train=settings.fraction_train, min_sites=settings.min_sites or None,
+    )
+    assert isinstance(strategy, ScreenedRounds)
+    train_config = ConfigRecord({
+        "site-specs": scenario.site_specs_json(),
+        "layout": scenario.layout,
+        "num-frames": scenario.num_frames,
+        "num-persons": scenario.num_persons,
+        "model-config": json.dumps(model_config),
+        "data-root": settings.data_root,
+        "seed": settings.seed,
+        "local-epochs": settings.local_epochs,
+        "batch-size": settings.batch_size,
+        "learning-rate": settings.learning_rate,
+        "optimizer": settings.optimizer,
+        "device": settings.device,
+    })
+    out = Path(settings.out_dir) if settings.out_dir else None
+    started = time.perf_counter()
+
+    def on_round_end(server_round: int, global_arrays: ArrayRecord) -> None:
+        record = strategy.record_for(server_round)
+        if progress is not None:
+            progress(record, settings.num_server_rounds)
+        if out is not None:
+            write_json(out / "results.json", summarize(scenario, settings, strategy.history))
+            write_arrays(out / "global.npz", {k: v.numpy() for k, v in global_arrays.items()})
+
+    final = run_rounds(
+        strategy, grid, arrays, 1, settings.num_server_rounds, train_config, ConfigRecord(dict(train_config)),
+        on_round_end, timeout=settings.timeout_s,
+    )
+    results = summarize(scenario, settings, strategy.history)
+    results["total_wall_s"] = time.perf_counter() - started
+    results["model"] = {"layout": scenario.layout, "config": model_config, "policy": policy}
+    if out is not None:
+        write_json(out / "results.json", results)
+        write_arrays(out / "global.npz", {k: v.numpy() for k, v in final.items()})
+        write_json(out / "global.json", results["model"])
+    return results

@@ -1,0 +1,72 @@
+"""The coordinator's run settings, read from Flower's run config (hyphenated keys).
+
+The same keys appear in ``pyproject.toml`` under ``[tool.flwr.app.config]``, in
+``fedsar-sim run`` options and in a deployment's ``federation.toml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+@dataclass
+class RunSettings:
+    scenario: str = "synthetic"
+    strategy: str = "fsar"
+    num_server_rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    eval_every: int = 1
+    seed: int = 0
+    data_root: str = ""
+    out_dir: str = ""
+    device: str = "auto"
+    model_preset: str = "slim"
+    mu: float = 0.01
+    mkd: bool = True
+    grains: str = "1,2"
+    lambda_mg: float = 0.5
+    lambda_kd: float = 0.5
+    temperature: float = 2.0
+    server_momentum: float = 0.0
+    fraction_train: float = 1.0
+    min_sites: int = 0  # 0: every site of the scenario
+    timeout_s: float = 3600.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunSettings":
+        """Parse hyphenated keys, converting types and naming any bad value."""
+        settings = cls()
+        by_key = {f.name.replace("_", "-"): f for f in fields(cls) if f.name != "extra"}
+        for key, value in run_config.items():
+            f = by_key.get(key)
+            if f is None:
+                settings.extra[key] = value
+                continue
+            default = getattr(settings, f.name)
+            try:
+                setattr(settings, f.name, _convert(value, type(default)))
+            except (TypeError, ValueError):
+                raise ValueError(f"run config {key!r}: cannot read {value!r} as {type(default).__name__}") from None
+        return settings
+
+    def to_run_config(self) -> dict[str, Any]:
+        out = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out.update(self.extra)
+        return out
+
+
+def _convert(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        return bool(value)
+    return kind(value)

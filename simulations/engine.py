@@ -1,0 +1,58 @@
+"""Run a federation on Flower's simulation engine (Ray), one virtual SuperNode per site."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from flwr.simulation import run_simulation
+
+from client.app import app as client_app
+from server.app import make_server_app
+from server.settings import RunSettings
+from simulations.report import progress_line
+from skeletons.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+
+def client_resources(scenario: Scenario, device: str) -> dict[str, float]:
+    """Per-site CPU and GPU share; GPU shares only apply when CUDA is there and wanted."""
+    import torch
+
+    cpus = max(s.num_cpus for s in scenario.sites)
+    gpus = max(s.num_gpus for s in scenario.sites)
+    use_gpu = device != "cpu" and torch.cuda.is_available()
+    if use_gpu and gpus <= 0:
+        gpus = 1.0 / min(len(scenario.sites), 4)  # let up to four sites share each GPU
+    return {"num_cpus": cpus, "num_gpus": gpus if use_gpu else 0.0}
+
+
+def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> dict[str, Any]:
+    """Run the scenario with ``settings``; print one line per round; return results."""
+    results: dict[str, Any] = {}
+
+    def progress(record, num_rounds):
+        if not quiet:
+            print(progress_line(record, num_rounds), flush=True)
+
+    server_app = make_server_app(settings, progress=progress, sink=results)
+    resources = client_resources(scenario, settings.device)
+    backend_config = {
+        "client_resources": resources,
+        "init_args": {"logging_level": logging.WARNING, "log_to_driver": True, "include_dashboard": False},
+    }
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(scenario.sites),
+            backend_config=backend_config,
+        )
+    if not results:
+        raise RuntimeError("the simulation ended without results; see the log above")
+    return results

@@ -1,0 +1,84 @@
+"""``fedsar-sim run``: one scenario, one strategy, on Flower's simulation engine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from server.settings import RunSettings
+from simulations.report import site_table
+from skeletons.clikit import UserError
+from skeletons.scenario import ScenarioError, builtin_scenarios, load_scenario
+from strategies.registry import STRATEGY_NAMES
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``compare``."""
+    parser.add_argument("--scenario", default="synthetic", help=f"built-in ({', '.join(builtin_scenarios())}) or a .toml path")
+    parser.add_argument("--data-root", default="", help="folder holding the data sets (nw-ucla/, msr-action3d/, ...)")
+    parser.add_argument("--rounds", type=int, default=None, help="federated rounds (scenario default if omitted)")
+    parser.add_argument("--local-epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="site learning rate")
+    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--model-preset", default=None, help="slim (CPU default) or wide")
+    parser.add_argument("--mu", type=float, default=None, help="proximal term for fsar / fedprox")
+    parser.add_argument("--no-mkd", action="store_true", help="fsar without multi-grain distillation")
+    parser.add_argument("--grains", default=None, help="MKD grains, e.g. 1,2")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser)
+    parser.add_argument("--strategy", default="fsar", choices=STRATEGY_NAMES)
+    parser.add_argument("--out", default="runs/latest", help="output folder for results.json and the global model")
+
+
+def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> RunSettings:
+    """Scenario defaults, then command-line options, as RunSettings."""
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as err:
+        raise UserError(str(err)) from None
+    if scenario.needs_data_root and not args.data_root:
+        raise UserError(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
+    if args.data_root and not Path(args.data_root).is_dir():
+        raise UserError(f"--data-root {args.data_root} is not a folder")
+    config = dict(scenario.defaults)
+    overrides = {
+        "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
+        "learning-rate": args.lr, "eval-every": args.eval_every, "model-preset": args.model_preset,
+        "mu": args.mu, "grains": args.grains,
+    }
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        config[key] = value
+    config.update({
+        "scenario": args.scenario, "strategy": strategy, "seed": args.seed, "device": args.device,
+        "data-root": str(Path(args.data_root).resolve()) if args.data_root else "", "out-dir": str(out),
+    })
+    if args.no_mkd:
+        config["mkd"] = False
+    try:
+        return RunSettings.from_run_config(config)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.engine import simulate
+
+    out = Path(args.out)
+    settings = settings_from_args(args, args.strategy, out)
+    scenario = load_scenario(settings.scenario)
+    print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "
+          f"{settings.num_server_rounds} rounds -> {out}/results.json", flush=True)
+    results = simulate(scenario, settings)
+    print()
+    print(site_table(results))
+    return 0
