@@ -68,6 +68,7 @@ class Scenario:
     description: str = ""
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
     defaults: dict[str, Any] = field(default_factory=dict)  # run-config defaults
+    shared_labels: bool | None = None  # None: inferred from the sites' data sets
     source: str = ""
 
     @property
@@ -76,8 +77,10 @@ class Scenario:
 
     @property
     def shared_label_set(self) -> bool:
-        """True when every site reads the same data set with the same options (one head fits all)."""
-        keys = {(s.dataset, json.dumps(s.options, sort_keys=True)) for s in self.sites}
+        """True when every site reads the same data set with the same classes (one head fits all)."""
+        if self.shared_labels is not None:
+            return self.shared_labels
+        keys = {(s.dataset, s.options.get("num_classes")) for s in self.sites}
         return len(keys) == 1
 
     def site_specs_json(self) -> str:
