@@ -1,0 +1,75 @@
+"""Reply screening: malformed site replies are dropped with a reason, sound ones kept."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+
+from strategies.registry import StrategyOptions, build_strategy, client_policy
+from strategies.screening import reply_problem
+
+
+def reference() -> ArrayRecord:
+    return ArrayRecord(OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3)))
+
+
+def reply(arrays: ArrayRecord | None, n: float = 10, node: int = 7, loss: float = 0.5) -> Message:
+    content = RecordDict({"metrics": MetricRecord({"num-examples": n, "train-loss": loss, "train-seconds": 1.0}),
+                          "site": ConfigRecord({"site-name": f"site-{node}"})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
+                    group_id="1", created_at=time.time(), ttl=60.0, message_type="train")
+    return Message(content=content, metadata=meta)
+
+
+def test_sound_reply_passes():
+    assert reply_problem(reply(reference()), reference(), need_arrays=True) is None
+
+
+@pytest.mark.parametrize(
+    "arrays, expected",
+    [
+        (ArrayRecord(OrderedDict(w=torch.zeros(2, 3))), "keys differ"),
+        (ArrayRecord(OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3), extra=torch.zeros(1))), "keys differ"),
+        (ArrayRecord(OrderedDict(w=torch.zeros(3, 2), b=torch.zeros(3))), "parameter 'w'"),
+        (ArrayRecord(OrderedDict(w=torch.full((2, 3), float("nan")), b=torch.zeros(3))), "NaN or Inf"),
+        (ArrayRecord(OrderedDict(w=torch.zeros(2, 3), b=torch.tensor([0.0, float("inf"), 0.0]))), "NaN or Inf"),
+    ],
+)
+def test_malformed_arrays_are_named(arrays, expected):
+    problem = reply_problem(reply(arrays), reference(), need_arrays=True)
+    assert problem is not None and expected in problem
+
+
+def test_bad_example_count_and_metrics():
+    assert "num-examples" in reply_problem(reply(reference(), n=0), reference(), True)
+    assert "not finite" in reply_problem(reply(reference(), loss=float("nan")), reference(), True)
+
+
+def test_aggregation_drops_bad_reply_and_averages_the_rest():
+    strategy = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=1, num_sites=3)
+    strategy._expected = reference()
+    strategy._round_started = time.perf_counter()
+    good_a = ArrayRecord(OrderedDict(w=torch.ones(2, 3), b=torch.ones(3)))
+    good_b = ArrayRecord(OrderedDict(w=3 * torch.ones(2, 3), b=3 * torch.ones(3)))
+    poisoned = ArrayRecord(OrderedDict(w=torch.full((2, 3), float("nan")), b=torch.zeros(3)))
+    arrays, _ = strategy.aggregate_train(1, [reply(good_a, 10, 1), reply(good_b, 30, 2), reply(poisoned, 10, 3)])
+    np.testing.assert_allclose(arrays["w"].numpy(), 2.5)  # (1*10 + 3*30) / 40
+    record = strategy.history[-1]
+    assert record.sites_ok == 2 and record.sites_failed == 1
+    assert len(record.dropped) == 1 and "site-3" in record.dropped[0]
+    assert record.uplink_bytes >= 3 * (6 + 3) * 4  # every reply counted, serialized size
+
+
+def test_policies_follow_label_sets():
+    assert client_policy("fedavg", shared_label_set=True) == "fedavg"
+    assert client_policy("fedavg", shared_label_set=False) == "fedavg-local-heads"
+    assert client_policy("fsar", shared_label_set=True) == "fsar"
+    with pytest.raises(ValueError, match="unknown strategy"):
+        build_strategy("nope", StrategyOptions(), eval_every=1, num_rounds=1, num_sites=2)
