@@ -51,9 +51,9 @@ def read_npz_file(path: str | Path) -> SkeletonDataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: _array(path, archive, key) for key in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
+    except (SkeletonFormatError, FileNotFoundError):
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise SkeletonFormatError(path, f"not a readable .npz archive ({err})") from None
     for key in sorted(set(arrays) - _KNOWN):
         if not key.startswith(ATTR_PREFIX):
