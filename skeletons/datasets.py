@@ -47,16 +47,15 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> S
     joint name. Other options go to the loader, e.g. ``on_error="skip"`` for the file
     readers; for ``synthetic`` they go to ``skeletons.synthetic.generate_synthetic``.
     """
-    layout = options.pop("layout", None)
-    if name == "synthetic":
+    if name == "synthetic":  # generated directly in the requested layout
         from skeletons.synthetic import generate_synthetic
 
-        dataset = generate_synthetic(**options)
-    else:
-        load = loader(name)
-        if root is None:
-            raise ValueError(f"data set {name!r} needs root, the folder (or file) holding it")
-        dataset = load(Path(root).expanduser(), **options)
+        return generate_synthetic(**options)
+    layout = options.pop("layout", None)
+    load = loader(name)
+    if root is None:
+        raise ValueError(f"data set {name!r} needs root, the folder (or file) holding it")
+    dataset = load(Path(root).expanduser(), **options)
     return dataset if layout is None else in_layout(dataset, layout)
 
 

@@ -419,6 +419,13 @@ def test_every_registered_loader_imports():
         load_dataset("kinetics", "/nowhere")
 
 
+def test_synthetic_goes_to_the_generator_in_the_requested_layout():
+    dataset = load_dataset("synthetic", num_classes=2, num_subjects=2,
+                           samples_per_class_subject=1, num_frames=6, layout="ntu25")
+    assert dataset.layout is NTU25 and len(dataset) == 4
+    assert dataset[0].joints.shape[1:] == (1, 25, 3)
+
+
 def test_layout_option_maps_msr_onto_kinect_v1_by_name(tmp_path):
     write_msr(tmp_path, "a01_s01_e01", motion(2, 20))
     raw = load_dataset("msr-action3d", tmp_path)
