@@ -19,6 +19,10 @@ LOADERS: dict[str, str] = {
     "kinder-gator": "skeletons.read_kindergator:load_kindergator",
     "ntu": "skeletons.read_ntu:load_ntu",
     "npz": "skeletons.read_npz:load_npz",
+    "pyskl": "skeletons.read_pyskl:load_pyskl",
+    "ctrgcn-npz": "skeletons.read_ctrgcn_npz:load_ctrgcn_npz",
+    "pku-mmd": "skeletons.read_pkummd:load_pkummd",
+    "uestc": "skeletons.read_uestc:load_uestc",
 }
 
 # Folder names under a ``--data-root`` at which each data set is looked for, first match wins.
