@@ -20,6 +20,7 @@ from skeletons.sample import SkeletonSample, SkippedFile
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class SkeletonFormatError(ValueError):
@@ -69,7 +70,8 @@ def parse_number_lines(
     tokens = " ".join(lines).split()
     if len(tokens) == width * len(lines):
         try:
-            values = np.array(tokens, dtype=np.float32)
+            with np.errstate(over="ignore"):  # overflow shows as inf, reported below
+                values = np.array(tokens, dtype=np.float32)
         except ValueError:
             values = None
         if values is not None and not np.isinf(values).any():
@@ -82,7 +84,7 @@ def parse_number_lines(
             )
         for k, part in enumerate(parts):
             check_number(path, part, f"value {k + 1}", line=first_line + i)
-    raise AssertionError("unreachable: fast path failed but every line parsed")  # pragma: no cover
+    raise SkeletonFormatError(path, "numbers could not be read", line=first_line)
 
 
 def check_number(path: Path, text: str, what: str, line: int | None = None,
@@ -95,8 +97,8 @@ def check_number(path: Path, text: str, what: str, line: int | None = None,
         value = float(text)
     except ValueError:
         raise SkeletonFormatError(path, f"{what} is not a number: {text!r}", line, field) from None
-    if np.isinf(value):
-        raise SkeletonFormatError(path, f"{what} is infinite", line, field)
+    if np.isinf(value) or abs(value) > _FLOAT32_MAX:
+        raise SkeletonFormatError(path, f"{what} is infinite or too large: {text!r}", line, field)
     return value
 
 

@@ -154,7 +154,7 @@ def _find_bad_number(path: Path, rows: list[list[str]], columns: np.ndarray,
             except ValueError:
                 raise SkeletonFormatError(path, f"not a number: {row[col]!r}", line=i + 2,
                                           field=header[col]) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    raise SkeletonFormatError(path, "numbers could not be read", line=2)
 
 
 def load_kindergator(root: str | Path, on_error: str = "raise") -> SkeletonDataset:

@@ -58,7 +58,7 @@ def read_msr_file(
     if not 1 <= action <= len(CLASSES):
         raise SkeletonFormatError(
             path, f"action a{action:02d} is outside a01..a{len(CLASSES)}", field="file name")
-    lines = [line for line in read_text(path).splitlines()]
+    lines = read_text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     blank = next((i for i, line in enumerate(lines) if not line.strip()), None)

@@ -138,6 +138,10 @@ def test_msr_bad_number_and_column_count_name_the_line(tmp_path):
     path.write_text("".join(lines))
     with pytest.raises(SkeletonFormatError, match="line 13: expected 4 numbers, found 3"):
         read_msr_file(path)
+    lines[12] = "0.1 1e39 0.3 1\n"  # overflows float32
+    path.write_text("".join(lines))
+    with pytest.raises(SkeletonFormatError, match="line 13: value 2 is infinite or too large"):
+        read_msr_file(path)
 
 
 def test_folder_load_skips_bad_file_and_reports_it(tmp_path, caplog):
