@@ -222,19 +222,19 @@ def _animate(action: ActionClass, subjects: list[Subject], body: Body, num_frame
 
 
 def _add_fidget(angles: np.ndarray, body: Body, u: np.ndarray, rng: np.random.Generator,
-                degrees: float = 4.0) -> None:
+                degrees: float = 5.0, knots: int = 5) -> None:
     """Slow, random drift of every bone: no two performances are alike.
 
-    Drawn for every canonical joint, so a motion is the same in every layout.
+    A smooth curve through random values at a few knots (Gaussian bumps), drawn for
+    every canonical joint so that a motion is the same in every layout.
     """
-    n = angles.shape[0]
-    shape = (n, 1, len(CANONICAL_JOINTS), 3)
-    for _ in range(2):
-        size = np.radians(degrees) * rng.normal(0.0, 1.0, shape)
-        freq = rng.uniform(0.3, 1.5, shape)
-        ph = rng.uniform(0.0, 1.0, shape)
-        drift = size * np.sin(2 * np.pi * (freq * u[None, :, None, None] + ph))
-        angles += drift[:, :, body.canonical_index]
+    n, t, v, _ = angles.shape
+    centres = np.linspace(0.0, 1.0, knots)
+    basis = np.exp(-0.5 * ((u[:, None] - centres[None]) * (knots - 1) / 0.8) ** 2)  # [T, K]
+    basis /= basis.sum(axis=1, keepdims=True)
+    values = rng.normal(0.0, np.radians(degrees), (n, knots, len(CANONICAL_JOINTS), 3))
+    values = values[:, :, body.canonical_index].reshape(n, knots, v * 3)
+    angles += (basis @ values).reshape(n, t, v, 3)
 
 
 def _hand_factor(bone: str, subjects: list[Subject]) -> np.ndarray:
@@ -260,8 +260,8 @@ def _pose(motions: _Motions, subjects: list[Subject], body: Body, rng: np.random
     n = len(subjects)
     offsets = body.bone_offsets(np.stack([s.segment_scale for s in subjects]))
     facing = rotation_y(rng.normal(0.0, 6.0, n))[:, None]
-    rotations = euler_matrices(motions.angles)
-    pos = body.forward(rotations, np.broadcast_to(facing, rotations.shape[:2] + (3, 3)), offsets)
+    rotations = euler_matrices(np.ascontiguousarray(np.moveaxis(motions.angles, 2, 0)))  # [V, N, T, 3, 3]
+    pos = body.forward(rotations, np.broadcast_to(facing, rotations.shape[1:3] + (3, 3)), offsets)
     ground = body.ground_joints or list(range(pos.shape[2]))
     floor = pos[:, :, ground, 1].min(axis=2)
     pos[..., 1] += (motions.lift - floor)[:, :, None]

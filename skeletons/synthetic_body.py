@@ -94,20 +94,21 @@ class Body:
     def forward(self, rotations: np.ndarray, root: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Joint positions ``[N, T, V, 3]`` relative to the centre joint.
 
-        ``rotations`` ``[N, T, V, 3, 3]`` rotate each bone (indexed by its child joint) in
-        its parent's frame, ``root`` ``[N, T, 3, 3]`` orients the whole body and
-        ``offsets`` ``[N, V, 3]`` are the person's bones.
+        ``rotations`` ``[V, N, T, 3, 3]`` (joint-major, so each joint's slice is contiguous)
+        rotate each bone, indexed by its child joint, in its parent's frame; ``root``
+        ``[N, T, 3, 3]`` orients the whole body and ``offsets`` ``[N, V, 3]`` are the
+        person's bones.
         """
-        n, t, v = rotations.shape[:3]
-        glob = np.empty((n, t, v, 3, 3))
-        pos = np.zeros((n, t, v, 3))
+        glob = np.empty_like(rotations)
+        pos = np.zeros(rotations.shape[:-1])
+        off = np.moveaxis(offsets, 1, 0)[:, :, None, :, None]  # [V, N, 1, 3, 1]
         c = self.layout.center
-        glob[:, :, c] = root @ rotations[:, :, c]
+        glob[c] = root @ rotations[c]
         for j in self.order:
             p = self.parent[j]
-            glob[:, :, j] = glob[:, :, p] @ rotations[:, :, j]
-            pos[:, :, j] = pos[:, :, p] + np.einsum("ntab,nb->nta", glob[:, :, j], offsets[:, j])
-        return pos
+            glob[j] = glob[p] @ rotations[j]
+            pos[j] = pos[p] + (glob[j] @ off[j])[..., 0]
+        return np.moveaxis(pos, 0, 2)
 
 
 def euler_matrices(angles: np.ndarray) -> np.ndarray:
