@@ -31,6 +31,10 @@ CAMERA_TARGET = np.array([0.0, 0.9, 0.0])  # point the camera looks at (world, m
 _SUBJECT, _MOTION, _DOMAIN, _STYLE = 1, 2, 3, 4
 
 
+# Short field names accepted in mappings (scenario files).
+_DOMAIN_ALIASES = {"noise": "noise_std", "frame_rate": "frame_rate_factor", "missing": "missing_joint_rate"}
+
+
 @dataclass(frozen=True)
 class DomainShift:
     """How one site's sensor sees the same motions differently.
@@ -67,10 +71,16 @@ class DomainShift:
         if not isinstance(value, Mapping):
             raise ValueError(f"domain must be a DomainShift or a mapping of its fields, got {value!r}")
         known = {f.name for f in fields(cls)}
-        unknown = set(value) - known
+        unknown = set(value) - known - set(_DOMAIN_ALIASES)
         if unknown:
             raise ValueError(f"domain: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**value)
+        values = dict(value)
+        for alias, field_name in _DOMAIN_ALIASES.items():
+            if alias in values:
+                if field_name in values:
+                    raise ValueError(f"domain: give {field_name!r} or its short form {alias!r}, not both")
+                values[field_name] = values.pop(alias)
+        return cls(**values)
 
     def camera_rotation(self) -> np.ndarray:
         """World-to-camera rotation (applied to row vectors as ``p @ R``)."""
@@ -316,6 +326,7 @@ def generate_synthetic(
     domain: DomainShift | Mapping[str, Any] | Sequence[DomainShift | Mapping[str, Any]] | None = None,
     seed: int = 0,
     name: str = "synthetic",
+    subject_offset: int = 0,
 ) -> SkeletonDataset:
     """A synthetic data set: every subject performs every class ``samples_per_class_subject`` times.
 
@@ -323,26 +334,28 @@ def generate_synthetic(
     multi-camera set-up), so a data set can be partitioned by ``view``. Joints are
     ``float32 [T, 1, V, 3]`` in camera coordinates (metres); ``T`` is ``num_frames``
     scaled by the domain's frame-rate factor. Without a domain ``view`` is None.
+    Subjects are persons ``subject_offset + 1 ...`` of the population of ``seed``: sites
+    generated with different offsets hold different people.
     """
-    for field_name, value, low in (("num_subjects", num_subjects, 1),
+    for field_name, value, low in (("num_classes", num_classes, 1), ("num_subjects", num_subjects, 1),
                                    ("samples_per_class_subject", samples_per_class_subject, 1),
-                                   ("num_frames", num_frames, 4)):
-        if int(value) != value or value < low:
+                                   ("num_frames", num_frames, 4), ("subject_offset", subject_offset, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"generate_synthetic: {field_name}={value!r} must be an integer >= {low}")
     lay = get_layout(layout) if isinstance(layout, str) else layout
     body = Body(lay)
     actions = action_classes(num_classes)
     domains = _domains(domain)
-    subjects = [make_subject(i, seed) for i in range(num_subjects)]
+    subjects = [make_subject(subject_offset + i, seed) for i in range(num_subjects)]
     reps = samples_per_class_subject
     performers = [s for s in subjects for _ in range(reps)]
     recorded: dict[tuple[int, int], list[np.ndarray]] = {}
     for k, action in enumerate(actions):
-        motion_rng = np.random.default_rng([seed, _MOTION, k])
+        motion_rng = np.random.default_rng([seed, _MOTION, k, subject_offset])
         motions = _animate(action, performers, body, num_frames, motion_rng)
         world = _pose(motions, performers, body, motion_rng)
         for d, dom in enumerate(domains):
-            dom_rng = np.random.default_rng([seed, _DOMAIN, d, k])
+            dom_rng = np.random.default_rng([seed, _DOMAIN, d, k, subject_offset])
             recorded[(k, d)] = _record(world, dom or DomainShift(), dom_rng)
     samples = []
     for d, dom in enumerate(domains):

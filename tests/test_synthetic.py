@@ -184,10 +184,30 @@ def test_many_classes_stay_separable():
     assert _nearest_centroid(x[train], y[train], x[~train], y[~train]) > 0.25  # chance is 1/40
 
 
+def test_subject_offset_gives_other_people_of_the_same_population():
+    whole = generate_synthetic(num_classes=1, num_subjects=4, samples_per_class_subject=1)
+    tail = generate_synthetic(num_classes=1, num_subjects=2, samples_per_class_subject=1, subject_offset=2)
+    head = generate_synthetic(num_classes=1, num_subjects=2, samples_per_class_subject=1)
+    assert tail.subjects == ["s03", "s04"] and not set(tail.subjects) & set(head.subjects)
+    attrs = {s.subject: s.attributes for s in whole}
+    assert all(s.attributes == attrs[s.subject] for s in tail)
+    first = {(s.label, s.meta["repetition"]): s.joints for s in head if s.subject == "s01"}
+    assert not any(np.allclose(s.joints, first[(s.label, s.meta["repetition"])]) for s in tail)
+
+
+def test_domain_mapping_accepts_short_field_names():
+    ds = generate_synthetic(domain={"name": "slow", "noise": 0.01, "frame_rate": 0.5, "missing": 0.05}, **SMALL)
+    assert ds.views == ["slow"] and {s.joints.shape[0] for s in ds} == {26}
+    with pytest.raises(ValueError, match="not both"):
+        DomainShift.from_value({"noise": 0.01, "noise_std": 0.02})
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [
         (dict(num_classes=0), "num_classes"),
+        (dict(num_classes="8"), "num_classes"),
+        (dict(subject_offset=-1), "subject_offset"),
         (dict(num_classes=MAX_CLASSES + 1), "num_classes"),
         (dict(num_subjects=0), "num_subjects"),
         (dict(num_frames=2), "num_frames"),
