@@ -282,12 +282,12 @@ def _pose(motions: _Motions, subjects: list[Subject], body: Body, rng: np.random
 def _record(world: np.ndarray, domain: DomainShift, rng: np.random.Generator) -> list[np.ndarray]:
     """What the domain's sensor records of world positions ``[N, T, V, 3]``: ``[T', V, 3]`` each."""
     cam = (world - CAMERA_TARGET) @ domain.camera_rotation() + np.array([0.0, 0.0, CAMERA_DISTANCE])
-    if domain.noise_std > 0:
-        cam = cam + rng.normal(0.0, domain.noise_std, cam.shape)
     t = cam.shape[1]
     t_new = max(2, int(round(t * domain.frame_rate_factor)))
     if t_new != t:
         cam = _resample(cam, t_new)
+    if domain.noise_std > 0:  # per recorded frame, whatever the frame rate
+        cam = cam + rng.normal(0.0, domain.noise_std, cam.shape)
     if domain.missing_joint_rate > 0:
         lost = rng.random(cam.shape[:3]) < domain.missing_joint_rate
         cam[lost] = 0.0
