@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from privacy.attackers import MotionCNN
 from privacy.bone_normalize import (
     BoneNormalizeConfig,
+    CANONICAL_TORSO,
     canonical_bone_lengths,
     canonical_pose,
     normalize_bones,
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("none", "bones", "learned")
 FORMAT_VERSION = 1
-_UNIT = 0.1  # metres; losses on positions are measured in decimetres
+_DECIMETRE = 0.1  # network inputs and position losses are measured in decimetres
 
 
 def _positive_ratio(name: str, value: float) -> None:
@@ -187,8 +188,10 @@ class Anonymizer(nn.Module):
         nn.init.zeros_(self.out.weight)  # starts as the identity on the sparsified input
         nn.init.zeros_(self.out.bias)
         order = tree_order(layout)
-        self.register_buffer("canon", torch.from_numpy(canonical_pose(layout).T.astype(np.float32)))  # [3,V]
-        self.register_buffer("lengths", torch.from_numpy(canonical_bone_lengths(layout).astype(np.float32)))
+        unit = config.bones.unit
+        self.step = _DECIMETRE if unit == "metres" else _DECIMETRE / CANONICAL_TORSO
+        self.register_buffer("canon", torch.from_numpy(canonical_pose(layout, unit).T.astype(np.float32)))  # [3,V]
+        self.register_buffer("lengths", torch.from_numpy(canonical_bone_lengths(layout, unit).astype(np.float32)))
         self._order = order
 
     # -- tokens ---------------------------------------------------------------
@@ -205,7 +208,7 @@ class Anonymizer(nn.Module):
     def token_logits(self, p: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, Tw, V]`` of person-sequences ``p [B,3,T,V]``."""
         w = self.config.window
-        s = self.scorer(p / _UNIT)  # [B,1,T,V]
+        s = self.scorer(p / self.step)  # [B,1,T,V]
         tw = math.ceil(p.shape[2] / w)
         s = F.pad(s, (0, 0, 0, tw * w - p.shape[2]))
         return s.view(s.shape[0], tw, w, -1).mean(dim=2)
@@ -233,8 +236,8 @@ class Anonymizer(nn.Module):
         frame_gate = gate.repeat_interleave(w, dim=1)[:, :t]  # [B,T,V]
         filled = self._fill(p, hard.repeat_interleave(w, dim=1)[:, :t])
         sparse = frame_gate.unsqueeze(1) * p + (1 - frame_gate.unsqueeze(1)) * filled
-        h = torch.cat([sparse / _UNIT, frame_gate.unsqueeze(1)], dim=1)
-        moved = sparse + _UNIT * self.out(self.transform(h))
+        h = torch.cat([sparse / self.step, frame_gate.unsqueeze(1)], dim=1)
+        moved = sparse + self.step * self.out(self.transform(h))
         out = self._kinematics(moved) * present[:, None, :, None]
         out = out.view(n, m, c, t, v).permute(0, 2, 3, 4, 1)
         return out, hard.view(n, m, hard.shape[1], v)
@@ -311,9 +314,9 @@ def _privacy_term(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torc
     return -torch.clamp(ce, max=2.0 * math.log(logits.shape[1]))
 
 
-def _roughness(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _roughness(out: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
     """Mean squared acceleration of the displacement the anonymizer added."""
-    d = (out - x) / _UNIT
+    d = (out - x) / step
     if d.shape[2] < 3:
         return d.sum() * 0.0
     return (d[:, :, 2:] - 2 * d[:, :, 1:-1] + d[:, :, :-2]).pow(2).mean()
@@ -397,8 +400,8 @@ def fit_anonymizer(
             privacy = _privacy_term(p_logits[0], y_priv[idx, 0], cfg.privacy_loss)
             for h in range(1, len(p_logits)):
                 privacy = privacy + cfg.attribute_weight * _privacy_term(p_logits[h], y_priv[idx, h], cfg.privacy_loss)
-            recon = F.mse_loss(out / _UNIT, xb / _UNIT)
-            rough = _roughness(out, xb)
+            recon = F.mse_loss(out / model.step, xb / model.step)
+            rough = _roughness(out, xb, model.step)
             loss = (cfg.action_weight * act + cfg.privacy_weight * privacy
                     + cfg.reconstruction_weight * recon + cfg.smoothness_weight * rough)
             opt.zero_grad()

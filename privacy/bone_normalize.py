@@ -14,8 +14,8 @@ too, each switchable in :class:`BoneNormalizeConfig`:
 - ``smooth``: sensor jitter and tremor are averaged out over a few frames.
 - ``posture``: a person's habitual posture (slouch, arm carriage) is removed by rotating
   each bone so that the pose at the start of the sequence is the canonical rest pose;
-  the motion relative to that start is kept. Off by default: static actions live in
-  the posture itself.
+  the motion relative to that start is kept. On by default: it is the strongest cheap
+  cue of identity after body size; turn it off where actions are static postures.
 
 Arrays use the model convention ``[N, 3, T, V, M]``; persons or frames that are all
 zero (absent or padding) stay zero.
@@ -54,6 +54,7 @@ for _name, (_x, _y, _z) in list(CANONICAL_POSE.items()):
     if _name.endswith("_left"):
         CANONICAL_POSE[_name[: -len("_left")] + "_right"] = (-_x, _y, _z)
 
+CANONICAL_TORSO = float(np.linalg.norm(np.subtract(CANONICAL_POSE["shoulder_center"], CANONICAL_POSE["hip_center"])))
 _DEFAULT_BONE = np.array([0.0, -0.1, 0.0])  # for joint names the canonical body lacks
 _EPS = 1e-6
 
@@ -67,11 +68,14 @@ class BoneNormalizeConfig:
     root: str = "scaled"  # "scaled" | "keep" | "fixed"
     tempo: bool = True
     smooth: int = 3  # moving-average window in frames; 0 or 1 turns it off
-    posture: bool = False
+    posture: bool = True
+    unit: str = "torso"  # "torso": canonical torso = 1 (as preprocessing scales); "metres"
 
     def __post_init__(self) -> None:
         if self.root not in ("scaled", "keep", "fixed"):
             raise ValueError(f"BoneNormalizeConfig.root must be scaled, keep or fixed, not {self.root!r}")
+        if self.unit not in ("torso", "metres"):
+            raise ValueError(f"BoneNormalizeConfig.unit must be torso or metres, not {self.unit!r}")
         if self.smooth < 0:
             raise ValueError(f"BoneNormalizeConfig.smooth must be >= 0, not {self.smooth}")
 
@@ -87,10 +91,12 @@ class BoneNormalizeConfig:
         return cls(**d)
 
 
-def canonical_pose(layout: Layout) -> np.ndarray:
+def canonical_pose(layout: Layout, unit: str = "metres") -> np.ndarray:
     """Canonical rest pose ``[V, 3]`` for ``layout`` (root at the origin).
 
-    Joints the canonical body does not name hang 10 cm below their parent.
+    ``unit="torso"`` divides by the canonical torso (hip centre to shoulder centre), the
+    scale preprocessing gives model input. Joints the canonical body does not name hang
+    10 cm below their parent.
     """
     pose = np.zeros((layout.num_joints, 3))
     known = np.zeros(layout.num_joints, dtype=bool)
@@ -102,12 +108,16 @@ def canonical_pose(layout: Layout) -> np.ndarray:
     for child, parent in tree_order(layout):
         if not known[child]:
             pose[child] = pose[parent] + _DEFAULT_BONE
+    if unit == "torso":
+        return pose / CANONICAL_TORSO
+    if unit != "metres":
+        raise ValueError(f"unit must be torso or metres, not {unit!r}")
     return pose
 
 
-def canonical_bone_lengths(layout: Layout) -> np.ndarray:
-    """Length of each bone of :func:`tree_order` in the canonical body, in metres."""
-    pose = canonical_pose(layout)
+def canonical_bone_lengths(layout: Layout, unit: str = "metres") -> np.ndarray:
+    """Length of each bone of :func:`tree_order` in the canonical body."""
+    pose = canonical_pose(layout, unit)
     return np.array([np.linalg.norm(pose[c] - pose[p]) for c, p in tree_order(layout)])
 
 
@@ -249,8 +259,8 @@ def _frame(lateral: np.ndarray, up: np.ndarray) -> np.ndarray:
 def _rebuild(j: np.ndarray, valid: np.ndarray, layout: Layout, cfg: BoneNormalizeConfig) -> np.ndarray:
     """Forward kinematics with canonical lengths along the observed bone directions."""
     order = tree_order(layout)
-    canon = canonical_pose(layout)
-    lengths = canonical_bone_lengths(layout)
+    canon = canonical_pose(layout, cfg.unit)
+    lengths = canonical_bone_lengths(layout, cfg.unit)
     child = np.array([c for c, _ in order])
     parent = np.array([p for _, p in order])
     vec = j[:, :, :, child] - j[:, :, :, parent]  # [N,M,T,B,3]
