@@ -73,7 +73,9 @@ class DomainShift:
         known = {f.name for f in fields(cls)}
         unknown = set(value) - known - set(_DOMAIN_ALIASES)
         if unknown:
-            raise ValueError(f"domain: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"domain: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
         values = dict(value)
         for alias, field_name in _DOMAIN_ALIASES.items():
             if alias in values:

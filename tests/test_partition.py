@@ -55,7 +55,10 @@ def test_every_sample_lands_in_exactly_one_site(data, scheme, num_sites, options
         assert site.train.classes == data.classes and site.train.layout is data.layout
 
 
-@pytest.mark.parametrize("scheme, num_sites, options", [s for s in SCHEMES if s[0] in {"subject", "dirichlet", "quantity"}])
+RANDOM_SCHEMES = [s for s in SCHEMES if s[0] in {"subject", "dirichlet", "quantity"}]
+
+
+@pytest.mark.parametrize("scheme, num_sites, options", RANDOM_SCHEMES)
 def test_same_seed_same_partition_other_seed_differs(data, scheme, num_sites, options):
     a = partition(data, scheme, num_sites, seed=7, **options)
     b = partition(data, scheme, num_sites, seed=7, **options)
