@@ -178,6 +178,9 @@ def read_ctrgcn_npz(
 ) -> SkeletonDataset:
     """Every sample of one ``.npz`` file, meta ``split`` = ``train``/``test``.
 
+    NTU content (``NTU60``/``NTU120`` in the file name, or 60/120 one-hot columns) is
+    named ``ntu`` with the NTU classes; ``dataset="ntu60"``/``"ntu120"`` fixes that, any
+    other ``dataset`` name or ``classes`` list makes it a data set of its own.
     ``protocol`` (``xsub``/``xview``/``xset``, inferred from ``_CS``/``_CV``/``_CSet``
     in the file name) also records ``split_<protocol>``. ``names`` maps a split to the
     samples' NTU names (a list or a text file, one per line) and fills subject, camera
@@ -239,13 +242,20 @@ def read_ctrgcn_npz(
     else:
         count = num_classes or max((s.label for s in samples), default=-1) + 1
         class_names = [f"class {i}" for i in range(count)]
-    bad = [s for s in samples if s.label >= len(class_names)]
-    if bad:
-        raise SkeletonFormatError(
-            path, f"label {bad[0].label} is outside the {len(class_names)} classes of {name}",
-            field=f"y_{bad[0].meta['split']}[{bad[0].meta['index']}]")
+    kept: list[SkeletonSample] = []
     for sample in samples:
+        field = f"y_{sample.meta['split']}[{sample.meta['index']}]"
+        if sample.label >= len(class_names):
+            err = SkeletonFormatError(
+                path, f"label {sample.label} is outside the {len(class_names)} classes of {name}",
+                field=field)
+            if on_error == "raise":
+                raise err
+            skipped.append(SkippedFile(f"{path}#{field}", str(err)))
+            continue
         sample.meta["dataset"] = name
+        kept.append(sample)
+    samples = kept
     if skipped:
         log.warning("ctrgcn-npz: skipped %d sample(s) of %s", len(skipped), path)
     return SkeletonDataset(name, NTU25, class_names, samples, skipped)

@@ -107,7 +107,7 @@ def safe_load_pickle(path: str | Path) -> Any:
         except EOFError:
             raise SkeletonFormatError(path, "truncated pickle (ended before its STOP opcode)") from None
         except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
-                KeyError, MemoryError, UnicodeDecodeError) as err:
+                KeyError, UnicodeDecodeError) as err:
             raise SkeletonFormatError(path, f"not a readable pickle: {err}") from None
 
 

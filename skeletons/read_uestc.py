@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,6 @@ FRONT_COPY_DIRECTIONS = frozenset({5, 6, 7})
 _V = NTU25.num_joints
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NAME = re.compile(r"a(\d+)_d(\d+)_p(\d+)_c(\d+)(?:_skeleton)?\.(txt|mat)", re.IGNORECASE)
-_SPLIT = re.compile(r"[\s,]+")
 
 
 def parse_uestc_name(path: str | Path) -> dict[str, int]:
@@ -129,6 +129,29 @@ def _frame(path: Path, marker: int, lines: list[Line]) -> np.ndarray:
         f"point per joint) or {_V}; the file may be truncated or damaged", line=marker)
 
 
+def _raw_fast(text: str) -> np.ndarray | None:
+    """The documented layout in bulk: per frame ``#`` and 25 x (``x y z 0``, ``u v 1``,
+    ``u v 2``). Returns ``None`` on any deviation, so that the line-by-line reader
+    names the problem."""
+    frames = text.count("#")
+    per_frame = 3 * _V + 1
+    if not frames or sum(1 for line in text.splitlines() if line.strip()) != frames * per_frame:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns, or raises, at a non-number
+            values = np.fromstring(text.replace("#", " ").replace(",", " "), sep=" ")
+    except (ValueError, DeprecationWarning):
+        return None
+    if values.size != frames * _V * 10:
+        return None
+    values = values.reshape(frames, _V, 10)
+    tags = values[:, :, [3, 6, 9]]
+    if (tags != (0.0, 1.0, 2.0)).any() or (np.abs(values) > _FLOAT32_MAX).any():
+        return None
+    return values[:, :, :3].astype(np.float32)
+
+
 def _unframed(path: Path, lines: list[Line]) -> np.ndarray:
     """Without ``#`` markers: one frame per line (75/100 numbers) or 25 lines per frame."""
     first = len(lines[0][1])
@@ -161,9 +184,13 @@ def _unframed(path: Path, lines: list[Line]) -> np.ndarray:
 def read_uestc_text(path: str | Path) -> np.ndarray:
     """A UESTC skeleton text file as float32 ``[T, 1, 25, 3]``."""
     path = Path(path)
+    text = read_text(path)
+    fast = _raw_fast(text)
+    if fast is not None:
+        return fast[:, None]
     lines: list[Line] = [
-        (n, _SPLIT.split(text.strip())) for n, text in enumerate(read_text(path).splitlines(), 1)
-        if text.strip()
+        (n, tokens) for n, line in enumerate(text.splitlines(), 1)
+        if (tokens := line.replace(",", " ").split())
     ]
     if not lines:
         raise SkeletonFormatError(path, "no frames (the file is empty)")

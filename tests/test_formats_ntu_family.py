@@ -513,3 +513,25 @@ def test_split_dataset_partitions_every_sample(tmp_path: Path) -> None:
     assert len(train) + len(test) == len(ds)
     assert {s.view for s in train} <= {"2", "3"} and {s.view for s in test} == {"1"}
     assert isinstance(train, SkeletonDataset) and train.classes == ds.classes
+
+
+# --------------------------------------------------------------------------- registry
+
+def test_formats_load_through_load_dataset_and_map_to_kinect_v1(tmp_path: Path) -> None:
+    from skeletons.datasets import load_dataset
+
+    _dump(tmp_path / "ntu60_3danno.pkl", _pyskl_doc())
+    _write_npz(tmp_path / "NTU60_CS.npz", x_train=_padded([3], [1]), y_train=_one_hot([1]))
+    _pku_tree(tmp_path / "pku", {"0002-L": (_frames(6), "3,0,6,1\n")})
+    (tmp_path / "uestc").mkdir()
+    (tmp_path / "uestc" / "a1_d1_p001_c1_skeleton.txt").write_text(_uestc_raw(np.ones((2, 25, 3))))
+    loaded = {
+        "pyskl": load_dataset("pyskl", tmp_path / "ntu60_3danno.pkl"),
+        "ctrgcn-npz": load_dataset("ctrgcn-npz", tmp_path / "NTU60_CS.npz"),
+        "pku-mmd": load_dataset("pku-mmd", tmp_path / "pku"),
+        "uestc": load_dataset("uestc", tmp_path / "uestc", layout="kinect-v1"),
+    }
+    assert [len(d) for d in loaded.values()] == [3, 1, 1, 1]
+    assert loaded["uestc"].layout.name == "kinect-v1"
+    assert loaded["uestc"][0].joints.shape == (2, 1, 20, 3)
+    assert all(d.layout.name == "ntu25" for n, d in loaded.items() if n != "uestc")
