@@ -82,7 +82,8 @@ def _read_exact(handle: BinaryIO, nbytes: int, path: Path, field: str) -> bytes:
     return data
 
 
-def _read_labels(zf: zipfile.ZipFile, path: Path, key: str, n: int) -> tuple[np.ndarray, int | None]:
+def _read_labels(zf: zipfile.ZipFile, path: Path, key: str, n: int
+                 ) -> tuple[np.ndarray, int | None]:
     """Integer labels from one-hot ``[N, K]`` (returns K) or plain ``[N]`` labels."""
     info = _member(zf, key)
     if info is None:
@@ -205,7 +206,8 @@ def read_ctrgcn_npz(
             key = f"x_{split}"
             handle, shape, dtype = _open_array(zf, _member(zf, key), path, key)
             with handle:
-                if len(shape) != 3 or shape[2] % _VALUES_PER_PERSON or shape[2] == 0 or shape[1] == 0:
+                if (len(shape) != 3 or shape[2] % _VALUES_PER_PERSON or shape[2] == 0
+                        or shape[1] == 0):
                     raise SkeletonFormatError(
                         path, f"has shape {list(shape)}, expected [N, T, persons*25*3]", field=key)
                 labels, k = _read_labels(zf, path, f"y_{split}", shape[0])
@@ -289,7 +291,8 @@ def _meta(path: Path, split: str, proto: str | None, index: int, label: int,
     return meta
 
 
-def load_ctrgcn_npz(root: str | Path, *, file: str | None = None, **options: Any) -> SkeletonDataset:
+def load_ctrgcn_npz(root: str | Path, *, file: str | None = None, **options: Any
+                    ) -> SkeletonDataset:
     """A CTR-GCN ``.npz`` file, or the single ``*.npz`` in a folder (``file=`` picks one).
 
     Options are those of :func:`read_ctrgcn_npz`. A folder with several ``.npz`` files

@@ -69,9 +69,9 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("collections", "OrderedDict"): collections.OrderedDict,
     }
     for prefix in ("numpy.core", "numpy._core"):
-        allowed[(f"{prefix}.multiarray", "_reconstruct")] = _numpy_attr("multiarray", "_reconstruct")
-        allowed[(f"{prefix}.multiarray", "scalar")] = _numpy_attr("multiarray", "scalar")
-        allowed[(f"{prefix}.numeric", "_frombuffer")] = _numpy_attr("numeric", "_frombuffer")
+        for submodule, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                                ("numeric", "_frombuffer")):
+            allowed[(f"{prefix}.{submodule}", name)] = _numpy_attr(submodule, name)
     for name in ("list", "dict", "tuple", "set", "frozenset", "bytearray", "bytes",
                  "str", "int", "float", "complex", "bool"):
         allowed[("builtins", name)] = getattr(builtins, name)
@@ -105,7 +105,8 @@ def safe_load_pickle(path: str | Path) -> Any:
         except UnsafePickleError:
             raise
         except EOFError:
-            raise SkeletonFormatError(path, "truncated pickle (ended before its STOP opcode)") from None
+            raise SkeletonFormatError(
+                path, "truncated pickle (ended before its STOP opcode)") from None
         except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
                 KeyError, UnicodeDecodeError) as err:
             raise SkeletonFormatError(path, f"not a readable pickle: {err}") from None
@@ -259,8 +260,9 @@ def load_pyskl(
     NTU content (``frame_dir`` names ``SsssCcccPpppRrrrAaaa``) is named ``ntu`` with 60
     or 120 classes as the names show (``dataset="ntu60"``/``"ntu120"`` fixes it); its
     labels must equal the action number minus one. Another ``dataset`` name, or your own
-    ``classes``, reads the file as a data set of its own: labels only have to be in range. Meta ``split`` lists the split names
-    holding the sample, ``split_<protocol>`` (``xsub``...) says train or test.
+    ``classes``, reads the file as a data set of its own: labels only have to be in range.
+    Meta ``split`` lists the split names holding the sample, ``split_<protocol>``
+    (``xsub``...) says train or test.
     """
     check_on_error(on_error)
     root = Path(root)

@@ -85,7 +85,8 @@ def test_pyskl_reads_samples_labels_meta_and_splits(tmp_path: Path, protocol: in
 
 
 def test_pyskl_infers_ntu120_and_loads_legacy_split_files(tmp_path: Path) -> None:
-    train = [_annotation("S018C001P045R001A061", 60, 1, 2), _annotation("S001C001P001R001A001", 0, 1, 2)]
+    train = [_annotation("S018C001P045R001A061", 60, 1, 2),
+             _annotation("S001C001P001R001A001", 0, 1, 2)]
     val = [_annotation("S019C002P044R002A120", 119, 2, 3)]
     _dump(tmp_path / "ntu120_xsub_train.pkl", train)
     _dump(tmp_path / "ntu120_xsub_val.pkl", val)
@@ -99,7 +100,8 @@ def test_pyskl_infers_ntu120_and_loads_legacy_split_files(tmp_path: Path) -> Non
 
 
 def test_pyskl_custom_dataset_needs_labels_in_range_only(tmp_path: Path) -> None:
-    doc = {"split": {}, "annotations": [_annotation("clip_a", 2, 1, 3), _annotation("clip_b", 0, 1, 2)]}
+    doc = {"split": {},
+           "annotations": [_annotation("clip_a", 2, 1, 3), _annotation("clip_b", 0, 1, 2)]}
     ds = load_pyskl(_dump(tmp_path / "mine.pkl", doc), classes=["x", "y", "z"])
     assert ds.name == "mine" and ds.classes == ["x", "y", "z"]
     assert sorted(ds.labels.tolist()) == [0, 2] and all(s.subject == "unknown" for s in ds)
@@ -152,7 +154,9 @@ def test_pyskl_truncated_pickle_names_the_file(tmp_path: Path) -> None:
     (lambda a: a.update(label=5), "label", "A002"),
     (lambda a: a.pop("frame_dir"), "frame_dir", "missing"),
 ])
-def test_pyskl_damaged_annotation_names_the_field(tmp_path: Path, damage, field: str, message: str) -> None:
+def test_pyskl_damaged_annotation_names_the_field(
+    tmp_path: Path, damage, field: str, message: str
+) -> None:
     doc = _pyskl_doc()
     doc["split"] = {}
     damage(doc["annotations"][1])
@@ -451,10 +455,12 @@ def test_uestc_bad_name_and_skip_and_front_copies(tmp_path: Path) -> None:
     (tmp_path / "a3_d7_p001_c1_skeleton.txt").write_text(good)
     (tmp_path / "a3_d7_p001_c2_skeleton.txt").write_text(good)
     (tmp_path / "a40_d1_p001_c1_skeleton.txt").write_text(good)
-    with pytest.raises(SkeletonFormatError, match=r"a40_d1_p001_c1_skeleton.txt.*file name.*a0-a39"):
+    with pytest.raises(SkeletonFormatError,
+                       match=r"a40_d1_p001_c1_skeleton.txt.*file name.*a0-a39"):
         load_uestc(tmp_path)
     ds = load_uestc(tmp_path, on_error="skip")
-    assert len(ds) == 3 and [Path(s.path).name for s in ds.skipped] == ["a40_d1_p001_c1_skeleton.txt"]
+    assert len(ds) == 3
+    assert [Path(s.path).name for s in ds.skipped] == ["a40_d1_p001_c1_skeleton.txt"]
     assert sum(s.meta["front_copy"] for s in ds) == 1
     dropped = load_uestc(tmp_path, on_error="skip", front_copies="drop")
     assert sorted(s.view for s in dropped) == ["d7", "front"]
@@ -468,7 +474,8 @@ def test_uestc_mat_file(tmp_path: Path) -> None:
     sample = read_uestc_file(path)
     np.testing.assert_array_equal(sample.joints[:, 0], skel)
     scipy_io.savemat(str(path), {"skel": skel[:, :20]})
-    with pytest.raises(SkeletonFormatError, match=r"a7_d2_p020_c2_skeleton.mat.*'skel'.*\[T>0, 25, 3\]"):
+    with pytest.raises(SkeletonFormatError,
+                       match=r"a7_d2_p020_c2_skeleton.mat.*'skel'.*\[T>0, 25, 3\]"):
         read_uestc_file(path)
 
 
