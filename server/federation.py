@@ -98,6 +98,7 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
             "rounds": len(history),
         },
         "rounds": rounds,
+        "uplink_parameters": sorted({k for rec in history for k in rec.received_keys}),
     }
 
 

@@ -57,7 +57,8 @@ def load_site(
 
 def site_dataset(spec: SiteSpec, data_root: str | Path | None, layout: str, seed: int = 0) -> SkeletonDataset:
     """The site's whole data set in the common layout, after its metadata filter."""
-    from skeletons.datasets import load_dataset
+    from skeletons.cache import cached_dataset
+    from skeletons.datasets import in_layout, load_dataset
 
     root = None
     if spec.needs_data_root:
@@ -72,7 +73,10 @@ def site_dataset(spec: SiteSpec, data_root: str | Path | None, layout: str, seed
     options = dict(spec.options)
     if spec.dataset == "synthetic":
         options.setdefault("seed", seed)
-    dataset = load_dataset(spec.dataset, root, layout=layout, **options)
+    if root is None:
+        dataset = load_dataset(spec.dataset, None, layout=layout, **options)
+    else:  # parsed once, then read from the on-disk cache
+        dataset = in_layout(cached_dataset(spec.dataset, root, **options), layout)
     return select(dataset, spec.select, where=f"site {spec.name!r}")
 
 
@@ -111,7 +115,7 @@ def _load_site(spec: SiteSpec, data_root, layout: str, num_frames: int, num_pers
         index = int(part.pop("index"))
         sites = partition(
             dataset, part.pop("scheme"), int(part.pop("num_sites")), seed=int(part.pop("seed", seed)),
-            test_fraction=float(split.get("test_fraction", 0.3)), **part,
+            test_fraction=float(split.get("test_fraction", 0.3)), split_by=str(split.get("by", "sample")), **part,
         )
         if index >= len(sites):
             raise ScenarioError(f"site {spec.name!r}: partition index {index} but only {len(sites)} sites")

@@ -37,6 +37,7 @@ class RoundRecord:
     sites_ok: int = 0
     sites_failed: int = 0
     dropped: list[str] = field(default_factory=list)
+    received_keys: list[str] = field(default_factory=list)  # parameter names that left the sites
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -133,6 +134,7 @@ class ScreenedRounds:
             if not msg.has_error():
                 for arrays in msg.content.array_records.values():
                     record.uplink_bytes += arrays_nbytes(arrays)
+                    record.received_keys = sorted(set(record.received_keys) | set(arrays.keys()))
             problem = reply_problem(msg, self._expected if need_arrays else None, need_arrays)
             if problem is None:
                 good.append(msg)
