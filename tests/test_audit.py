@@ -1,0 +1,137 @@
+"""Leakage audit: splits, fresh attackers trained on the audited arrays, re-identification
+falling under protection while action recognition holds, and the audit.json schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from privacy import attackers
+from privacy.audit import (
+    AuditConfig,
+    AuditData,
+    AuditPlan,
+    audit_arrays,
+    measure_folds,
+    measure_reid,
+    reid_split,
+    subject_folds,
+    train_attacker,
+)
+from privacy.bone_normalize import normalize_bones
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> AuditData:
+    """Six synthetic people whose body and style identify them, four actions."""
+    from skeletons.preprocess import PreprocessConfig, to_arrays
+    from skeletons.synthetic import generate_synthetic
+
+    data = generate_synthetic(num_classes=4, num_subjects=6, samples_per_class_subject=5, num_frames=32, seed=0)
+    x, y = to_arrays(data, PreprocessConfig(num_frames=32))
+    return AuditData(x, y, np.array([s.subject for s in data]), data.layout,
+                     {"sex": np.array([s.attributes["sex"] for s in data]),
+                      "group": np.array([s.attributes["group"] for s in data])})
+
+
+def test_splits_keep_subjects_apart_where_they_must() -> None:
+    subjects = np.repeat(np.array(["a", "b", "c", "d", "e", "f"]), 10)
+    train = reid_split(subjects, 0.7, seed=0)
+    for s in np.unique(subjects):  # every subject on both sides, 7 of 10 in training
+        assert train[subjects == s].sum() == 7
+    strata = np.repeat(np.array([0, 0, 0, 1, 1, 1]), 10)
+    folds = subject_folds(subjects, strata, 3, seed=0)
+    for s in np.unique(subjects):
+        assert len(set(folds[subjects == s])) == 1  # a subject never straddles folds
+    for f in range(3):  # stratified: one subject of each stratum per fold
+        assert sorted(strata[folds == f][::10]) == [0, 1]
+
+
+def test_attackers_are_fresh_and_trained_on_the_arrays_passed_in(synthetic: AuditData) -> None:
+    protected = normalize_bones(synthetic.x, synthetic.layout)
+    rows = {r.tobytes() for r in protected}
+    calls = []
+
+    def spy(kind, x, y, num_classes, config, layout):
+        assert all(r.tobytes() in rows for r in x)  # only protected sequences are seen
+        fresh = attackers.make_classifier(kind, x.shape, layout, num_classes, config)
+        model = attackers.make_classifier(kind, x.shape, layout, num_classes, config)
+        for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(a, b), name  # initial weights are those of a new network
+        trained = attackers.fit(model, x, y, config)
+        calls.append(trained)
+        return trained
+
+    cfg = AuditConfig(attackers=("features",), epochs=2, folds=2, linkage_pairs=100)
+    result = audit_arrays(synthetic.with_x(protected), cfg, trainer=spy)
+    assert len(calls) == 1 + 2 * 2 + 1  # re-id, (attributes + action) per fold, linkage
+    assert len({id(m) for m in calls}) == len(calls)  # never the same network twice
+    assert result["sequences"] == len(protected)
+
+
+def test_default_trainer_builds_a_new_network_each_time(synthetic: AuditData) -> None:
+    cfg = attackers.TrainConfig(epochs=1)
+    codes = synthetic.subject_codes()
+    a = train_attacker("cnn", synthetic.x[:20], codes[:20], [6], cfg, synthetic.layout)
+    b = train_attacker("cnn", synthetic.x[20:40], codes[20:40], [6], cfg, synthetic.layout)
+    assert a is not b
+    assert not torch.equal(a.norm.mean, b.norm.mean)  # standardized on its own training arrays
+
+
+def test_reidentification_drops_under_protection_while_action_holds(synthetic: AuditData) -> None:
+    cfg = AuditConfig(attackers=("features",), epochs=25, folds=3)
+    raw_reid = measure_reid(synthetic, cfg)["features"]["top1"]
+    protected = synthetic.with_x(normalize_bones(synthetic.x, synthetic.layout))
+    prot_reid = measure_reid(protected, cfg)["features"]["top1"]
+    prot_action = measure_folds(protected, cfg)["features"]["action_top1"]
+    assert raw_reid >= 0.6
+    assert prot_reid <= raw_reid - 0.3
+    assert prot_action >= 0.7  # chance is 0.25
+
+
+@pytest.mark.slow
+def test_audit_command_writes_the_documented_json(tmp_path, monkeypatch) -> None:
+    from privacy import audit_cmd
+    from privacy.cli import main
+    from skeletons.cache import Prepared
+
+    def small(args):
+        from skeletons.preprocess import PreprocessConfig, to_arrays
+        from skeletons.synthetic import generate_synthetic
+
+        data = generate_synthetic(num_classes=3, num_subjects=4, samples_per_class_subject=3, num_frames=16)
+        x, y = to_arrays(data, PreprocessConfig(num_frames=16))
+        return Prepared(x, y, [dict(s.meta) for s in data], list(data.classes), data.layout.name)
+
+    monkeypatch.setattr(audit_cmd, "load_prepared", small)
+    out = tmp_path / "audit"
+    code = main(["audit", "--dataset", "synthetic", "--out", str(out), "--method", "both",
+                 "--keep-ratios", "1,0.5", "--epochs", "1", "--folds", "2", "--anonymizer-epochs", "1",
+                 "--attackers", "features", "--threads", "1"])
+    assert code == 0
+    report = json.loads((out / "audit.json").read_text())
+    for section in ("raw", "protected"):
+        r = report[section]
+        for key in ("reid_top1", "reid_top5", "linkage_accuracy", "action_top1"):
+            assert 0.0 <= r[key] <= 1.0, (section, key)
+        assert set(r["attributes"]) == {"sex", "group"}
+        assert all(0.0 <= v <= 1.0 for v in r["attributes"].values())
+    assert set(report["protected_by_method"]) == {"bones", "learned"}
+    assert [(s["method"], s["keep_ratio"]) for s in report["sweep"]] == [("bones", 1.0), ("learned", 1.0), ("learned", 0.5)]
+    assert report["dataset"]["subjects"] == 4
+    png = out / report["plot"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_audit_rejects_bad_plans(synthetic: AuditData) -> None:
+    with pytest.raises(ValueError, match="bones and/or learned"):
+        AuditPlan(methods=("blur",))
+    with pytest.raises(ValueError, match="keep ratio"):
+        AuditPlan(keep_ratios=(1.5,))
+    with pytest.raises(ValueError, match="unknown attacker"):
+        AuditConfig(attackers=("oracle",))
+    with pytest.raises(ValueError, match="subjects has 3 values"):
+        AuditData(synthetic.x, synthetic.actions, synthetic.subjects[:3], synthetic.layout)
