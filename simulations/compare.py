@@ -1,0 +1,128 @@
+"""``fedsar-sim compare``: several strategies (and seeds) on one scenario, side by side.
+
+Writes ``OUT/<strategy>-seed<k>/results.json`` per run, ``OUT/comparison.md`` (per-site
+and mean top-1, mean and spread over seeds, uplink per round, simulation overhead),
+``OUT/comparison.json`` and ``OUT/accuracy.png`` (mean site accuracy per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from simulations.run import add_run_options, settings_from_args
+from skeletons.atomic import write_json
+from skeletons.clikit import UserError
+from skeletons.scenario import load_scenario
+from strategies.registry import STRATEGY_NAMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser)
+    parser.add_argument("--strategies", default="fsar,fedavg,local", help=f"comma-separated from {','.join(STRATEGY_NAMES)}")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
+    parser.add_argument("--out", default="runs/compare")
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.engine import simulate
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGY_NAMES]
+    if bad:
+        raise UserError(f"--strategies: unknown {', '.join(bad)}; choose from {', '.join(STRATEGY_NAMES)}")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    out = Path(args.out)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for strategy in strategies:
+        for seed in seeds:
+            args.seed = seed
+            run_dir = out / f"{strategy}-seed{seed}"
+            settings = settings_from_args(args, strategy, run_dir)
+            print(f"== {strategy}, seed {seed}", flush=True)
+            runs.setdefault(strategy, []).append(simulate(load_scenario(settings.scenario), settings))
+    summary = summarize_runs(runs)
+    write_json(out / "comparison.json", summary)
+    table = comparison_table(summary)
+    (out / "comparison.md").write_text(table + "\n")
+    plot_rounds(runs, out / "accuracy.png")
+    print()
+    print(table)
+    print(f"\nwrote {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'accuracy.png'}")
+    return 0
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarize_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per strategy: each site's and the mean final top-1 over seeds, uplink, overhead."""
+    out: dict[str, Any] = {}
+    for strategy, results in runs.items():
+        sites: dict[str, list[float]] = {}
+        for res in results:
+            for name, site in res["sites"].items():
+                if site["final_accuracy"] is not None:
+                    sites.setdefault(name, []).append(site["final_accuracy"])
+        rounds = [r for res in results for r in res["rounds"]]
+        overhead = [r["wall_s"] / r["compute_max_s"] for r in rounds if r["compute_max_s"] > 0]
+        out[strategy] = {
+            "mean_accuracy": _mean_std([r["final"]["mean_accuracy"] for r in results if r["final"]["mean_accuracy"] is not None]),
+            "sites": {name: _mean_std(v) for name, v in sites.items()},
+            "uplink_bytes_per_round": statistics.fmean(r["uplink_bytes"] for r in rounds) if rounds else 0.0,
+            "wall_over_compute": statistics.fmean(overhead) if overhead else None,
+            "seeds": [r["settings"]["seed"] for r in results],
+            "scenario": results[0]["scenario"],
+        }
+    return out
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    sites = sorted({name for s in summary.values() for name in s["sites"]})
+    head = "| strategy | " + " | ".join(sites) + " | mean | uplink/round | wall/compute |"
+    lines = [head, "|" + "---|" * (len(sites) + 4)]
+    for strategy, s in summary.items():
+        cells = [_fmt(s["sites"].get(n)) for n in sites]
+        ratio = s["wall_over_compute"]
+        lines.append(
+            f"| {strategy} | " + " | ".join(cells) + f" | **{_fmt(s['mean_accuracy'])}** | "
+            f"{s['uplink_bytes_per_round'] / 1e6:.2f} MB | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(stat: dict[str, float] | None) -> str:
+    if not stat:
+        return "n/a"
+    if stat["n"] > 1:
+        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+    return f"{100 * stat['mean']:.1f}"
+
+
+def plot_rounds(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Mean site accuracy per round (solid) and each site's (thin), one panel per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.5), squeeze=False, sharey=True)
+    for ax, (strategy, results) in zip(axes[0], runs.items()):
+        res = results[0]
+        evaluated = [r for r in res["rounds"] if r["mean_accuracy"] is not None]
+        for site in res["sites"]:
+            ax.plot([r["round"] for r in evaluated], [r["site_accuracy"].get(site) for r in evaluated], lw=0.8, alpha=0.7, label=site)
+        ax.plot([r["round"] for r in evaluated], [r["mean_accuracy"] for r in evaluated], "k-", lw=2, label="mean")
+        ax.set_title(f"{strategy} (seed {res['settings']['seed']})")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("site top-1")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
