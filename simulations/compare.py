@@ -69,12 +69,12 @@ def summarize_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 if site["final_accuracy"] is not None:
                     sites.setdefault(name, []).append(site["final_accuracy"])
         rounds = [r for res in results for r in res["rounds"]]
-        overhead = [r["wall_s"] / r["compute_max_s"] for r in rounds if r["compute_max_s"] > 0]
+        overhead = [r["final"]["overhead_ratio"] for r in results if r["final"].get("overhead_ratio")]
         out[strategy] = {
             "mean_accuracy": _mean_std([r["final"]["mean_accuracy"] for r in results if r["final"]["mean_accuracy"] is not None]),
             "sites": {name: _mean_std(v) for name, v in sites.items()},
             "uplink_bytes_per_round": statistics.fmean(r["uplink_bytes"] for r in rounds) if rounds else 0.0,
-            "wall_over_compute": statistics.fmean(overhead) if overhead else None,
+            "overhead_ratio": statistics.fmean(overhead) if overhead else None,
             "seeds": [r["settings"]["seed"] for r in results],
             "scenario": results[0]["scenario"],
         }
@@ -83,11 +83,11 @@ def summarize_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def comparison_table(summary: dict[str, Any]) -> str:
     sites = sorted({name for s in summary.values() for name in s["sites"]})
-    head = "| strategy | " + " | ".join(sites) + " | mean | uplink/round | wall/compute |"
+    head = "| strategy | " + " | ".join(sites) + " | mean | uplink/round | overhead |"
     lines = [head, "|" + "---|" * (len(sites) + 4)]
     for strategy, s in summary.items():
         cells = [_fmt(s["sites"].get(n)) for n in sites]
-        ratio = s["wall_over_compute"]
+        ratio = s["overhead_ratio"]
         lines.append(
             f"| {strategy} | " + " | ".join(cells) + f" | **{_fmt(s['mean_accuracy'])}** | "
             f"{s['uplink_bytes_per_round'] / 1e6:.2f} MB | {'n/a' if ratio is None else f'{ratio:.2f}'} |"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 from flwr.simulation import run_simulation
@@ -13,6 +14,7 @@ from client.app import app as client_app
 from server.app import make_server_app
 from server.settings import RunSettings
 from simulations.report import progress_line
+from skeletons.atomic import write_json
 from skeletons.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -55,4 +57,32 @@ def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> 
         )
     if not results:
         raise RuntimeError("the simulation ended without results; see the log above")
+    add_overhead(results, parallel_sites(scenario, resources))
+    if settings.out_dir:
+        write_json(Path(settings.out_dir) / "results.json", results)
     return results
+
+
+def parallel_sites(scenario: Scenario, resources: dict[str, float]) -> int:
+    """How many sites the engine can train at once with these per-site resources."""
+    cpus = os.cpu_count() or 1
+    slots = max(1, int(cpus // max(resources["num_cpus"], 1e-9)))
+    return max(1, min(len(scenario.sites), slots))
+
+
+def add_overhead(results: dict[str, Any], parallel: int) -> None:
+    """Per round ``overhead_ratio``: wall time over the least wall time the sites' compute allows.
+
+    With ``parallel`` sites training at once, a round cannot take less than
+    ``max(slowest site, total compute / parallel)``; whatever the round took beyond that
+    is the price of Flower, Ray, messaging and scheduling.
+    """
+    results["parallel_sites"] = parallel
+    ratios = []
+    for r in results["rounds"]:
+        floor = max(r["compute_max_s"], r["compute_s"] / parallel)
+        r["overhead_ratio"] = r["wall_s"] / floor if floor > 0 else None
+        if r["overhead_ratio"] is not None:
+            ratios.append(r["overhead_ratio"])
+    steady = ratios[1:] or ratios  # round 1 includes starting the actors and loading data
+    results["final"]["overhead_ratio"] = sum(steady) / len(steady) if steady else None
