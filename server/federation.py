@@ -23,7 +23,7 @@ from server.loop import run_rounds
 from server.settings import RunSettings
 from skeletons.atomic import write_arrays, write_json
 from skeletons.layouts import get_layout
-from skeletons.scenario import Scenario, load_scenario
+from skeletons.scenario import Scenario, resolve_scenario
 from strategies.registry import StrategyOptions, build_strategy, client_policy
 from strategies.screening import RoundRecord, ScreenedRounds
 
@@ -104,7 +104,7 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
 
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
-    scenario = load_scenario(settings.scenario)
+    scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
     policy = client_policy(settings.strategy, scenario.shared_label_set)
     model_config = model_config_for(scenario, settings.model_preset)
     arrays = initial_arrays(scenario, settings, model_config, policy)

@@ -22,6 +22,7 @@ class RunSettings:
     eval_every: int = 1
     seed: int = 0
     data_root: str = ""
+    paths_file: str = ""  # TOML naming where each site's data set lives (fsar-paper)
     out_dir: str = ""
     device: str = "auto"
     model_preset: str = "slim"

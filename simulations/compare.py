@@ -16,7 +16,7 @@ from typing import Any
 from simulations.run import add_run_options, settings_from_args
 from skeletons.atomic import write_json
 from skeletons.clikit import UserError
-from skeletons.scenario import load_scenario
+from skeletons.scenario import resolve_scenario
 from strategies.registry import STRATEGY_NAMES
 
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir = out / f"{strategy}-seed{seed}"
             settings = settings_from_args(args, strategy, run_dir)
             print(f"== {strategy}, seed {seed}", flush=True)
-            runs.setdefault(strategy, []).append(simulate(load_scenario(settings.scenario), settings))
+            runs.setdefault(strategy, []).append(simulate(resolve_scenario(settings.scenario, settings.paths_file or None), settings))
     summary = summarize_runs(runs)
     write_json(out / "comparison.json", summary)
     table = comparison_table(summary)

@@ -8,7 +8,7 @@ from pathlib import Path
 from server.settings import RunSettings
 from simulations.report import site_table
 from skeletons.clikit import UserError
-from skeletons.scenario import ScenarioError, builtin_scenarios, load_scenario
+from skeletons.scenario import ScenarioError, builtin_scenarios, resolve_scenario
 from strategies.registry import STRATEGY_NAMES
 
 
@@ -16,6 +16,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``compare``."""
     parser.add_argument("--scenario", default="synthetic", help=f"built-in ({', '.join(builtin_scenarios())}) or a .toml path")
     parser.add_argument("--data-root", default="", help="folder holding the data sets (nw-ucla/, msr-action3d/, ...)")
+    parser.add_argument("--paths", default="", help="TOML naming where each site's data set lives (fsar-paper)")
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (scenario default if omitted)")
     parser.add_argument("--local-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> RunSettings:
     """Scenario defaults, then command-line options, as RunSettings."""
     try:
-        scenario = load_scenario(args.scenario)
+        scenario = resolve_scenario(args.scenario, args.paths or None)
     except ScenarioError as err:
         raise UserError(str(err)) from None
     if scenario.needs_data_root and not args.data_root:
@@ -61,6 +62,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     config.update({
         "scenario": args.scenario, "strategy": strategy, "seed": args.seed, "device": args.device,
         "data-root": str(Path(args.data_root).resolve()) if args.data_root else "", "out-dir": str(out),
+        "paths-file": str(Path(args.paths).resolve()) if args.paths else "",
     })
     if args.no_mkd:
         config["mkd"] = False
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     settings = settings_from_args(args, args.strategy, out)
-    scenario = load_scenario(settings.scenario)
+    scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "
           f"{settings.num_server_rounds} rounds -> {out}/results.json", flush=True)
     results = simulate(scenario, settings)

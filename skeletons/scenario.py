@@ -39,7 +39,8 @@ class SiteSpec:
 
     @property
     def needs_data_root(self) -> bool:
-        return self.dataset in REAL_DATASETS
+        """Real data found below --data-root (an absolute ``folder`` needs no root)."""
+        return self.dataset in REAL_DATASETS and not (self.folder and Path(self.folder).is_absolute())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -130,6 +131,53 @@ def scenario_from_dict(raw: dict[str, Any], source: str = "<scenario>") -> Scena
     if "name" not in raw:
         raw["name"] = Path(source).stem
     return Scenario(sites=sites, source=source, **raw)
+
+
+def apply_paths(scenario: Scenario, paths_file: str | Path) -> Scenario:
+    """Point the scenario's sites at data sets a paths file names; drop the sites it lacks.
+
+    The paths file is TOML with one table per site name: ``path`` (file or folder),
+    ``format`` (a ``load_dataset`` name such as ``ntu``, ``pyskl``, ``ctrgcn-npz``,
+    ``pku-mmd``, ``uestc``) and optional ``options``. At least two sites must remain.
+    """
+    path = Path(paths_file)
+    if not path.is_file():
+        raise ScenarioError(f"paths file {path} does not exist")
+    try:
+        entries = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"{path}: not valid TOML: {err}") from err
+    unknown = set(entries) - {s.name for s in scenario.sites}
+    if unknown:
+        raise ScenarioError(f"{path}: no site named {', '.join(sorted(unknown))} in scenario {scenario.name!r}")
+    sites, missing = [], []
+    for site in scenario.sites:
+        entry = entries.get(site.name)
+        if entry is None:
+            missing.append(site.name)
+            continue
+        for key in ("path", "format"):
+            if key not in entry:
+                raise ScenarioError(f"{path}: [{site.name}] is missing {key!r}")
+        data_path = Path(str(entry["path"])).expanduser()
+        if not data_path.exists():
+            raise ScenarioError(f"{path}: [{site.name}] path {data_path} does not exist")
+        options = {**site.options, **dict(entry.get("options", {}))}
+        sites.append(SiteSpec(**{**asdict(site), "dataset": str(entry["format"]), "folder": str(data_path.resolve()),
+                                 "options": options}))
+    if len(sites) < 2:
+        raise ScenarioError(
+            f"scenario {scenario.name!r} needs at least two data sets; {path} names "
+            f"{', '.join(s.name for s in sites) or 'none'}; missing: {', '.join(missing)}"
+        )
+    note = f"; missing (skipped): {', '.join(missing)}" if missing else ""
+    return Scenario(**{**asdict(scenario), "sites": sites, "description": scenario.description + note})
+
+
+def resolve_scenario(name_or_path: str | Path, paths_file: str | Path | None = None) -> Scenario:
+    """The scenario a run uses: loaded, then pointed at the paths file's data sets if given."""
+    scenario = load_scenario(name_or_path)
+    return apply_paths(scenario, paths_file) if paths_file else scenario
 
 
 def _expand_partition(partition: dict[str, Any], source: str) -> list[dict[str, Any]]:

@@ -61,7 +61,11 @@ def site_dataset(spec: SiteSpec, data_root: str | Path | None, layout: str, seed
     from skeletons.datasets import in_layout, load_dataset
 
     root = None
-    if spec.needs_data_root:
+    if spec.folder and Path(spec.folder).is_absolute():
+        root = Path(spec.folder)
+        if not root.exists():
+            raise ScenarioError(f"site {spec.name!r}: data path {root} does not exist")
+    elif spec.needs_data_root:
         if data_root is None:
             raise ScenarioError(
                 f"site {spec.name!r} reads the real data set {spec.dataset!r}: give --data-root "
@@ -120,6 +124,10 @@ def _load_site(spec: SiteSpec, data_root, layout: str, num_frames: int, num_pers
         if index >= len(sites):
             raise ScenarioError(f"site {spec.name!r}: partition index {index} but only {len(sites)} sites")
         train, test = sites[index].train, sites[index].test
+    elif "protocol" in split:  # a published protocol, e.g. NTU cross-subject
+        from skeletons.standard_splits import split_dataset
+
+        train, test = split_dataset(dataset, str(split["protocol"]))
     elif "train" in split and "test" in split:
         train = select(dataset, split["train"], where=f"site {spec.name!r} train split")
         test = select(dataset, split["test"], where=f"site {spec.name!r} test split")
