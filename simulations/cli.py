@@ -12,6 +12,7 @@ COMMANDS = {
     "run": ("simulations.run", "run one federated scenario with one strategy on Flower's simulation engine"),
     "compare": ("simulations.compare", "run several strategies on a scenario; write a table and plots"),
     "knn": ("simulations.knn", "k-NN top-1 of a checkpoint's shared backbone on an unseen data set"),
+    "standins": ("simulations.standins_cmd", "write small generated stand-ins of the fsar-paper data sets"),
 }
 
 
