@@ -1,0 +1,163 @@
+"""The local trainer: learning, the proximal term, multi-grain distillation, augmentation."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from client.augment import Augmentation, augment, rotation_matrices, temporal_crop
+from client.trainer import (
+    TrainConfig,
+    evaluate,
+    lr_factor,
+    resolve_device,
+    train,
+    training_loss,
+)
+from models import ModelConfig, build_model, split_state
+from skeletons.layouts import KINECT_V1
+
+TINY = ModelConfig(channels=(8, 8, 16, 16), strides=(1, 2, 1, 2), temporal_kernel=3, norm_groups=4)
+
+
+def separable_task(n: int = 48, t: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0 raises every joint over time, class 1 lowers it (plus noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    ramp = np.linspace(-1, 1, t, dtype=np.float32)
+    x = rng.normal(0, 0.3, size=(n, 3, t, 20, 1)).astype(np.float32)
+    x[:, 1] += np.where(y == 0, 1.0, -1.0)[:, None, None, None] * ramp[None, :, None, None]
+    return x, y.astype(np.int64)
+
+
+def _model(seed: int = 0, classes: int = 2):
+    torch.manual_seed(seed)
+    return build_model(KINECT_V1, classes, 1, TINY)
+
+
+def test_loss_falls_and_task_is_learned():
+    x, y = separable_task()
+    model = _model()
+    before = evaluate(model, (x, y), "cpu")
+    config = TrainConfig(epochs=6, batch_size=8, lr=0.05, device="cpu")
+    history = []
+    out = train(model, (x, y), config, progress=history.append)
+    after = evaluate(model, (x, y), "cpu")
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert after["loss"] < before["loss"]
+    assert after["accuracy"] >= 0.9
+    assert out["num_examples"] == len(x) and out["steps"] == 6 * 6
+
+
+def test_accepts_a_data_loader():
+    x, y = separable_task(n=16)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=4
+    )
+    out = train(_model(), loader, TrainConfig(epochs=1, device="cpu"))
+    assert out["num_examples"] == 16 and out["steps"] == 4
+
+
+def test_proximal_term_keeps_shared_weights_near_global():
+    x, y = separable_task(n=24)
+    start = _model(seed=3)
+    global_shared, _ = split_state(
+        {k: v.detach().clone() for k, v in start.named_parameters()}, "fsar"
+    )
+
+    def drift(mu: float) -> float:
+        model = copy.deepcopy(start)
+        config = TrainConfig(epochs=3, batch_size=8, lr=0.05, mu=mu, device="cpu")
+        train(model, (x, y), config, global_shared=global_shared)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        return sum(float(((params[k] - v) ** 2).sum()) for k, v in global_shared.items())
+
+    assert drift(10.0) < 0.5 * drift(0.0)
+
+
+def test_proximal_rejects_unknown_names():
+    x, y = separable_task(n=8)
+    with pytest.raises(ValueError, match="lacks: nope"):
+        train(_model(), (x, y), TrainConfig(mu=1.0, device="cpu"), global_shared={"nope": np.zeros(1)})
+
+
+def test_mkd_loss_runs_and_gradient_does_not_reach_teacher():
+    x, y = separable_task(n=8)
+    student = _model(seed=1)
+    teacher = _model(seed=2)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    config = TrainConfig(grains=[1, 2], lambda_mg=1.0, lambda_kd=1.0, temperature=2.0, device="cpu")
+    xb, yb = torch.from_numpy(x), torch.from_numpy(y)
+    loss, logits, parts = training_loss(student, xb, yb, config, teacher)
+    assert "mkd" in parts and parts["mkd"] > 0
+    plain, _, _ = training_loss(student, xb, yb, config, None)
+    assert float(loss) > float(plain)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.blocks[-1].gcn.conv.weight.grad is not None
+    # a full training run with a teacher leaves the teacher untouched
+    train(student, (x, y), TrainConfig(epochs=1, batch_size=4, grains=[1], device="cpu"), teacher=teacher)
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_mkd_grain_outside_blocks_is_an_error():
+    x, y = separable_task(n=8)
+    with pytest.raises(ValueError, match="grains"):
+        train(_model(), (x, y), TrainConfig(grains=[9], device="cpu"), teacher=_model())
+
+
+def test_train_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="poly")
+    with pytest.raises(ValueError, match="scale"):
+        TrainConfig(scale=1.5)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="tpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_schedules():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+    assert lr_factor(90, 100, 0, "step") == pytest.approx(0.01)
+
+
+def test_rotation_matrices_are_rotations():
+    r = rotation_matrices(torch.randn(5, 3))
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(5, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(5), atol=1e-5)
+
+
+def test_augment_keeps_shape_and_lengths_and_changes_data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 20, 20, 1)
+    x[0, :, 15:] = 0  # padded sample
+    out = augment(x, Augmentation(rotate=30, scale=0.2, shear=0.1, temporal_crop=0.3), gen)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, x)
+    assert out[0, :, 15:].abs().max() == 0  # padding stays padding
+    assert out[0, :, :15].abs().amin(dim=(0, 2, 3)).min() > 0
+    # rotation alone preserves joint distances to the origin
+    rot = augment(x, Augmentation(rotate=45), gen)
+    assert torch.allclose(rot.norm(dim=1), x.norm(dim=1), atol=1e-4)
+    assert augment(x, Augmentation(), gen) is x
+
+
+def test_temporal_crop_without_cut_is_identity():
+    x = torch.randn(2, 3, 10, 20, 1)
+    assert torch.allclose(temporal_crop(x, 1e-9, torch.Generator().manual_seed(0)), x, atol=1e-4)
