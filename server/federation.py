@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
 from skeletons.atomic import write_arrays, write_json
@@ -118,6 +119,10 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         num_sites=len(scenario.sites), fraction_train=settings.fraction_train, min_sites=settings.min_sites or None,
     )
     assert isinstance(strategy, ScreenedRounds)
+    hooks = DeploymentHooks.from_settings(settings)  # deployed coordinator: checkpoints, resume, status
+    first_round = 1
+    if hooks is not None:
+        first_round, arrays = hooks.start(strategy, arrays)
     train_config = ConfigRecord({
         "site-specs": scenario.site_specs_json(),
         "layout": scenario.layout,
@@ -131,6 +136,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "learning-rate": settings.learning_rate,
         "optimizer": settings.optimizer,
         "device": settings.device,
+        "federation": str(settings.extra.get("federation", "")),
     })
     out = Path(settings.out_dir) if settings.out_dir else None
     started = time.perf_counter()
@@ -142,11 +148,15 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         if out is not None:
             write_json(out / "results.json", summarize(scenario, settings, strategy.history))
             write_arrays(out / "global.npz", {k: v.numpy() for k, v in global_arrays.items()})
+        if hooks is not None:
+            hooks.round_end(server_round, global_arrays, strategy)
 
     final = run_rounds(
-        strategy, grid, arrays, 1, settings.num_server_rounds, train_config, ConfigRecord(dict(train_config)),
+        strategy, grid, arrays, first_round, settings.num_server_rounds, train_config, ConfigRecord(dict(train_config)),
         on_round_end, timeout=settings.timeout_s,
     )
+    if hooks is not None:
+        hooks.finish(strategy)
     results = summarize(scenario, settings, strategy.history)
     results["total_wall_s"] = time.perf_counter() - started
     results["model"] = {"layout": scenario.layout, "config": model_config, "policy": policy}
