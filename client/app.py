@@ -16,6 +16,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.metrics import record_exchange
+from client.personal_store import load_personal, save_personal
 from client.site import (
     build_site_model,
     keep_personal,
@@ -69,7 +71,10 @@ def train(msg: Message, context: Context) -> Message:
 
     model = build_site_model(setup, data.num_classes)
     received = msg.content["arrays"]
-    load_parameters(model, received, personal_from_state(context))
+    personal = personal_from_state(context)
+    if personal is None:  # a deployed site after a restart or in a resumed federation
+        personal = load_personal(context, config)
+    load_parameters(model, received, personal)
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
 
     teacher = None
@@ -88,6 +93,7 @@ def train(msg: Message, context: Context) -> Message:
 
     shared, personal = split_parameters(model, policy)
     keep_personal(context, personal)
+    save_personal(context, config, personal)
     reply = RecordDict({
         "arrays": shared,
         "metrics": MetricRecord({
@@ -98,7 +104,9 @@ def train(msg: Message, context: Context) -> Message:
         }),
         "site": _site_record(setup.spec.name),
     })
-    return Message(reply, reply_to=msg)
+    answer = Message(reply, reply_to=msg)
+    record_exchange(context, "train", msg, answer)
+    return answer
 
 
 @app.evaluate()
@@ -110,7 +118,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     setup = site_setup(context, config)
     data = site_data(setup)
     model = build_site_model(setup, data.num_classes)
-    load_parameters(model, msg.content["arrays"], personal_from_state(context))
+    personal = personal_from_state(context)
+    if personal is None:
+        personal = load_personal(context, config, evaluating=True)
+    load_parameters(model, msg.content["arrays"], personal)
     result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
     reply = RecordDict({
         "metrics": MetricRecord({
@@ -120,4 +131,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         }),
         "site": _site_record(setup.spec.name),
     })
-    return Message(reply, reply_to=msg)
+    answer = Message(reply, reply_to=msg)
+    record_exchange(context, "evaluate", msg, answer)
+    return answer
