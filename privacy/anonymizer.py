@@ -13,8 +13,12 @@ A token is one joint over a window of ``window`` frames. The :class:`Anonymizer`
    the sparsified skeleton, then forward kinematics restores the canonical bone lengths.
 
 Training (:func:`fit_anonymizer`) alternates between adversaries and the anonymizer.
-The adversaries (a re-identifier with attribute heads, and an action recognizer) are
-trained on the anonymizer's current output; the anonymizer then minimizes
+The privacy adversary (a re-identifier with attribute heads: a motion CNN plus an MLP on
+per-sequence statistics) is trained on the anonymizer's current output,
+``adversary_steps`` times per anonymizer step. The action recognizer is trained first on
+the canonical-body input for ``action_teacher_epochs`` and then frozen: a recognizer
+that co-adapts with the anonymizer lets it hide the action in patterns no fresh
+classifier can read (``action_teacher_epochs=0`` co-trains it anyway); the anonymizer then minimizes
 ``action_weight * CE(action) + privacy_weight * (P(reid) + attribute_weight * sum P(attr))
 + reconstruction_weight * MSE + smoothness_weight * roughness``, where ``P`` pushes the
 adversary towards a uniform guess (``privacy_loss="uniform"``) or maximizes its error
@@ -78,6 +82,8 @@ class AnonymizerConfig:
     lr: float = 2e-3
     adversary_lr: float = 2e-3
     adversary_hidden: int = 48
+    adversary_steps: int = 1
+    action_teacher_epochs: int = 8  # 0: the action recognizer adapts to the anonymizer instead
     action_weight: float = 1.0
     privacy_weight: float = 1.0
     attribute_weight: float = 1.0
@@ -95,6 +101,8 @@ class AnonymizerConfig:
             self.bones = BoneNormalizeConfig.from_dict(self.bones)
         if self.window < 1:
             raise ValueError(f"AnonymizerConfig.window must be >= 1, got {self.window}")
+        if self.adversary_steps < 1:
+            raise ValueError(f"AnonymizerConfig.adversary_steps must be >= 1, got {self.adversary_steps}")
         if self.privacy_loss not in ("uniform", "neg_ce"):
             raise ValueError(f"AnonymizerConfig.privacy_loss must be uniform or neg_ce, not {self.privacy_loss!r}")
         _positive_ratio("AnonymizerConfig.keep_ratio_min", self.keep_ratio_min)
@@ -302,6 +310,42 @@ class Anonymizer(nn.Module):
 # --------------------------------------------------------------------------- training
 
 
+def adversary_step_on(net: nn.Module, optim: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> None:
+    """One supervised step of every part of ``net`` on (detached) ``x``."""
+    net.train()
+    loss = sum(F.cross_entropy(o, target[:, h], ignore_index=-1)
+               for part in net for h, o in enumerate(part(x.detach())) if (target[:, h] >= 0).any())
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+
+
+class _StatsAdversary(nn.Module):
+    """MLP on per-sequence means and spreads of every coordinate and velocity: the cheap
+    statistics (posture, amplitude, speed) that a feature attacker exploits."""
+
+    def __init__(self, channels: int, num_classes: list[int], hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("norm_mean", torch.zeros(channels * 4))
+        self.register_buffer("norm_std", torch.ones(channels * 4))
+        self.body = nn.Sequential(nn.Linear(channels * 4, hidden), nn.ReLU(), nn.Dropout(0.2))
+        self.heads = nn.ModuleList(nn.Linear(hidden, k) for k in num_classes)
+
+    @staticmethod
+    def stats(x: torch.Tensor) -> torch.Tensor:
+        seq = MotionCNN.sequence(x)
+        return torch.cat([seq.mean(dim=2), seq.std(dim=2)], dim=1)
+
+    def standardize_from(self, x: torch.Tensor) -> None:
+        s = self.stats(x)
+        self.norm_mean.copy_(s.mean(dim=0))
+        self.norm_std.copy_(s.std(dim=0).clamp_min(1e-4))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.body((self.stats(x) - self.norm_mean) / self.norm_std)
+        return [head(h) for head in self.heads]
+
+
 def _privacy_term(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """How much the adversary still knows; 0 when it is reduced to a uniform guess."""
     known = target >= 0
@@ -353,30 +397,38 @@ def fit_anonymizer(
     y_priv = torch.from_numpy(np.stack([subjects] + attr_codes, axis=1))
     channels = 3 * layout.num_joints * x.shape[4]
 
-    def new_adversary(classes: list[int], seed: int) -> tuple[MotionCNN, torch.optim.Optimizer]:
+    def new_adversary(classes: list[int], seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Motion CNN plus statistics MLP, trained together against the anonymizer."""
         torch.manual_seed(seed)
-        net = MotionCNN(channels, classes, cfg.adversary_hidden)
-        net.standardize_from(xn)
+        net = nn.ModuleList([MotionCNN(channels, classes, cfg.adversary_hidden),
+                             _StatsAdversary(channels, classes, cfg.adversary_hidden)])
+        for part in net:
+            part.standardize_from(xn)
         return net, torch.optim.AdamW(net.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
 
     priv, opt_priv = new_adversary(priv_classes, cfg.seed + 1)
     util, opt_util = new_adversary([int(actions.max()) + 1], cfg.seed + 2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
 
-    def adversary_step(out: torch.Tensor, idx: torch.Tensor) -> None:
-        for net, optim, target in ((priv, opt_priv, y_priv[idx]), (util, opt_util, y_act[idx].unsqueeze(1))):
-            net.train()
-            logits = net(out.detach())
-            loss = sum(F.cross_entropy(o, target[:, h], ignore_index=-1)
-                       for h, o in enumerate(logits) if (target[:, h] >= 0).any())
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-
     def batches() -> list[torch.Tensor]:
         perm = torch.randperm(len(xn), generator=gen)
         return [perm[i : i + cfg.batch_size] for i in range(0, len(xn), cfg.batch_size)
                 if len(perm[i : i + cfg.batch_size]) > 1]
+
+    # The action recognizer is trained on the canonical-body input and then frozen, so the
+    # anonymizer must keep the action readable in natural motion rather than hide it in
+    # patterns only a co-adapted recognizer understands.
+    for _ in range(cfg.action_teacher_epochs):
+        for idx in batches():
+            adversary_step_on(util, opt_util, xn[idx], y_act[idx].unsqueeze(1))
+    util.eval()
+    for p in util.parameters():
+        p.requires_grad_(False)
+
+    def adversary_step(out: torch.Tensor, idx: torch.Tensor) -> None:
+        adversary_step_on(priv, opt_priv, out, y_priv[idx])
+        if not cfg.action_teacher_epochs:
+            adversary_step_on(util, opt_util, out, y_act[idx].unsqueeze(1))
 
     for epoch in range(cfg.epochs):
         if epoch and cfg.adversary_reset_every and epoch % cfg.adversary_reset_every == 0:
@@ -392,14 +444,17 @@ def fit_anonymizer(
             keep = float(rng.uniform(cfg.keep_ratio_min, cfg.keep_ratio_max))
             xb = xn[idx]
             out, _ = model(xb, keep)
-            adversary_step(out, idx)
+            for _ in range(cfg.adversary_steps):
+                adversary_step(out, idx)
             priv.eval()
             util.eval()
-            p_logits = priv(out)
-            act = F.cross_entropy(util(out)[0], y_act[idx])
-            privacy = _privacy_term(p_logits[0], y_priv[idx, 0], cfg.privacy_loss)
-            for h in range(1, len(p_logits)):
-                privacy = privacy + cfg.attribute_weight * _privacy_term(p_logits[h], y_priv[idx, h], cfg.privacy_loss)
+            act = sum(F.cross_entropy(part(out)[0], y_act[idx]) for part in util) / len(util)
+            privacy = out.sum() * 0.0
+            for part in priv:
+                p_logits = part(out)
+                privacy = privacy + _privacy_term(p_logits[0], y_priv[idx, 0], cfg.privacy_loss)
+                for h in range(1, len(p_logits)):
+                    privacy = privacy + cfg.attribute_weight * _privacy_term(p_logits[h], y_priv[idx, h], cfg.privacy_loss)
             recon = F.mse_loss(out / model.step, xb / model.step)
             rough = _roughness(out, xb, model.step)
             loss = (cfg.action_weight * act + cfg.privacy_weight * privacy
