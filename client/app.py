@@ -84,11 +84,22 @@ def train(msg: Message, context: Context) -> Message:
         for p in teacher.parameters():
             p.requires_grad_(False)
 
+    from client.trainer import make_optimizer
+    from privacy.dp import BudgetExhausted, train_site
+
     started = time.perf_counter()
-    metrics = train_model(
-        model, (data.x_train, data.y_train), recipe,
-        teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
-    )
+    try:  # DP-SGD under the site's budget when its settings or the run config ask for it
+        metrics, privacy_metrics = train_site(
+            context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
+            train_fn=train_model, optimizer_fn=make_optimizer,
+            teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
+        )
+    except BudgetExhausted as stop:
+        return _declined(msg, context, received, setup.spec.name, stop)
+    if privacy_metrics["privacy-dp"]:
+        from client.metrics import record_privacy_spent
+
+        record_privacy_spent(setup.spec.name, privacy_metrics["privacy-epsilon"])
     seconds = time.perf_counter() - started
 
     shared, personal = split_parameters(model, policy)
@@ -101,8 +112,24 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": float(metrics["loss"]),
             "train-accuracy": float(metrics["accuracy"]),
             "train-seconds": float(seconds),
+            **privacy_metrics,
         }),
         "site": _site_record(setup.spec.name),
+    })
+    answer = Message(reply, reply_to=msg)
+    record_exchange(context, "train", msg, answer)
+    return answer
+
+
+def _declined(msg: Message, context: Context, received: ArrayRecord, site: str, stop) -> Message:
+    """The reply of a site that declines a round (its privacy budget would be exceeded):
+    no examples, the same metric keys as any reply, the reason in the site record."""
+    reply = RecordDict({
+        "arrays": received,
+        "metrics": MetricRecord({
+            "num-examples": 0, "train-loss": 0.0, "train-accuracy": 0.0, "train-seconds": 0.0, **stop.metrics,
+        }),
+        "site": ConfigRecord({"site-name": site, "declined": stop.reason}),
     })
     answer = Message(reply, reply_to=msg)
     record_exchange(context, "train", msg, answer)
