@@ -64,6 +64,9 @@ def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool)
     if len(metrics) != 1:
         return f"expected one MetricRecord, got {len(metrics)}"
     n = metrics[0].get(NUM_EXAMPLES)
+    for record in content.config_records.values():  # e.g. a site whose privacy budget is spent
+        if "declined" in record and not n:
+            return f"declined the round: {record['declined']}"
     if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
         return f"bad {NUM_EXAMPLES!r}: {n!r}"
     for key, value in metrics[0].items():
