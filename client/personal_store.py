@@ -19,6 +19,7 @@ same model is used, so what a site learned carries over between runs.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import time
@@ -108,7 +109,8 @@ class PersonalStore:
 
 def model_tag(config: ConfigRecord) -> str:
     """Saves are only reused by the same model and parameter split."""
-    return json.dumps([str(config.get("model-config", "")), str(config.get("layout", "")), str(config.get("policy", ""))])
+    text = json.dumps([str(config.get("model-config", "")), str(config.get("layout", "")), str(config.get("policy", ""))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def store_for(context: Context) -> PersonalStore | None:

@@ -30,6 +30,8 @@ def privacy_from_history(history: Iterable[Any]) -> dict[str, float]:
     spent: dict[str, float] = {}
     for record in history:
         for site, metrics in record.train.items():
+            if not metrics.get("privacy-dp", 1.0):
+                continue  # the site trains without differential privacy
             for key in PRIVACY_KEYS:
                 if key in metrics:
                     spent[site] = float(metrics[key])

@@ -1,0 +1,365 @@
+"""The coordinator daemon behind ``fedsar-server start``.
+
+It runs a Flower SuperLink with TLS and site authentication (runtime dependency
+installation off: the coordinator runs the fedsar code installed on it, nothing a run
+brings along), registers the enrolled sites' public keys and revokes keys no longer
+listed, submits the federated run (``server.app:app`` with the ``[run]`` table as run
+config), serves Prometheus metrics, and watches the run until it ends. With
+``--resume`` the run continues from the last round checkpoint.
+
+Files in the state folder: ``superlink.db`` (the SuperLink's state: registered sites,
+runs), ``checkpoints/`` (one per round), ``status.json`` (written by the ServerApp after
+each round), ``daemon.json`` (this daemon: pid, address, run id), ``run/`` (results
+and global model), ``app/`` (the app bundle submitted to the SuperLink), ``logs/``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from server.checkpoint import RoundCheckpoints
+from server.control import Control, ControlError
+from server.federation_config import FederationConfig
+from server.status import read_status, write_status
+from skeletons.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120.0
+POLL_S = 2.0
+NODES_EVERY_S = 5.0
+
+
+class CoordinatorError(RuntimeError):
+    """The coordinator cannot start or its SuperLink failed; the message says why and where to look."""
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the daemon dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``cmd`` with its output appended to ``log_path``; it dies with this process."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out: TextIO = open(log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
+    out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+    out.flush()
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def app_name(federation: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", federation.lower()).strip("-") or "federation"
+    return f"fedsar-{slug}"[:60]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_app(config: FederationConfig, resume: bool) -> Path:
+    """The app bundle's ``pyproject.toml``: components and the whole run config.
+
+    It carries no code: coordinator and sites run the fedsar version installed on
+    their own machines, and runtime dependency installation is off on both.
+    """
+    run = dict(config.run)
+    run.update({
+        "federation": config.name,
+        "out-dir": str(config.out_dir),
+        "checkpoint-dir": str(config.checkpoint_dir),
+        "status-file": str(config.status_file),
+        "resume": bool(resume),
+    })
+    lines = [
+        "# Written by fedsar-server for each run; edit federation.toml instead.",
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+        "[project]", f'name = "{app_name(config.name)}"', 'version = "1.0.0"', "dependencies = []", "",
+        "[tool.flwr.app]", 'publisher = "fedsar"', "",
+        "[tool.flwr.app.components]", 'serverapp = "server.app:app"', 'clientapp = "client.app:app"', "",
+        "[tool.flwr.app.config]",
+    ]
+    lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(run.items())]
+    config.app_dir.mkdir(parents=True, exist_ok=True)
+    path = config.app_dir / "pyproject.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return config.app_dir
+
+
+def superlink_command(config: FederationConfig) -> list[str]:
+    return [
+        "flower-superlink",
+        "--ssl-ca-certfile", str(config.ca_certificate),
+        "--ssl-certfile", str(config.certificate),
+        "--ssl-keyfile", str(config.private_key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--isolation", "subprocess",
+        "--host", config.host,
+        "--port", str(config.port),
+        "--database", str(config.database),
+    ]
+
+
+def progress_line(doc: dict[str, Any]) -> str:
+    last = doc.get("last_round") or {}
+    acc = last.get("mean_accuracy")
+    acc_s = "-" if acc is None else f"{100 * acc:.1f}%"
+    return (
+        f"round {last.get('round')}/{doc.get('num_rounds')}: {last.get('sites_ok')} sites aggregated, "
+        f"{last.get('sites_failed')} failed, mean accuracy {acc_s}, {last.get('wall_s', 0.0):.1f}s"
+        + (f"; dropped: {'; '.join(last['dropped'])}" if last.get("dropped") else "")
+    )
+
+
+class Coordinator:
+    """One coordinator: its SuperLink, its enrolled sites and its current run."""
+
+    def __init__(self, config: FederationConfig, resume: bool = False, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.resume = resume
+        self.out = out
+        self.superlink: subprocess.Popen | None = None
+        self.control: Control | None = None
+        self.run_id: int | None = None
+        self.run_status = ""
+        self.enrolled: dict[str, int] = {}
+        self.view: dict[str, Any] = {"up": 0.0}
+        self._stopping = False
+        self._lock_fh: TextIO | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- preparation -----------------------------------------------------------------
+    def preflight(self) -> dict[str, bytes]:
+        """Check certificates, keys, scenario and state folder; return the sites' public keys (PEM)."""
+        from privacy.keys import (
+            KeyFileError, certificate_hosts, public_key_pem, read_certificate, read_site_public_key,
+        )
+        from skeletons.scenario import ScenarioError, load_scenario
+
+        problems = []
+        keys: dict[str, bytes] = {}
+        try:
+            cert = read_certificate(self.config.certificate, "coordinator certificate")
+            host = self.config.address.rpartition(":")[0].strip("[]")
+            hosts = certificate_hosts(cert)
+            if host not in hosts:
+                problems.append(f"coordinator certificate {self.config.certificate} is not valid for {host!r} "
+                                f"(it covers {sorted(hosts)}); reissue it with fedsar-privacy keys --hosts")
+            if "127.0.0.1" not in hosts and "localhost" not in hosts:
+                problems.append(f"coordinator certificate {self.config.certificate} must also cover 127.0.0.1 or localhost "
+                                "(the SuperLink's own ServerApp connects over loopback)")
+        except KeyFileError as err:
+            problems.append(str(err))
+        for path, what in ((self.config.private_key, "coordinator private key"), (self.config.ca_certificate, "CA certificate")):
+            if not path.is_file():
+                problems.append(f"{what} {path} does not exist")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"{what} {path} cannot be read by this user")
+        for site in self.config.sites:
+            try:
+                keys[site.name] = public_key_pem(read_site_public_key(site.public_key))
+            except KeyFileError as err:
+                problems.append(f"site {site.name!r}: {err}")
+        try:
+            scenario = load_scenario(self.config.settings().scenario)
+            if len(scenario.sites) != len(self.config.sites):
+                log.warning("scenario %s lists %d sites, federation.toml enrols %d", scenario.name,
+                            len(scenario.sites), len(self.config.sites))
+        except ScenarioError as err:
+            problems.append(f"[run] scenario: {err}")
+        checkpoints = RoundCheckpoints(self.config.checkpoint_dir)
+        if checkpoints.exists() and not self.resume:
+            problems.append(
+                f"{self.config.checkpoint_dir} holds a checkpoint of round {checkpoints.latest_round()}: "
+                "start with --resume to continue it, or move the folder away to start afresh"
+            )
+        if problems:
+            raise CoordinatorError(f"coordinator {self.config.name!r} ({self.config.source}) cannot start:\n  - "
+                                   + "\n  - ".join(problems))
+        return keys
+
+    def _take_lock(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.config.state_dir / "daemon.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CoordinatorError(f"another fedsar-server already runs with state folder {self.config.state_dir}") from None
+
+    def _write_daemon_file(self) -> None:
+        write_json(self.config.daemon_file, {
+            "pid": os.getpid(), "address": self.config.address, "federation": self.config.name,
+            "run_id": self.run_id, "run_status": self.run_status, "sites": self.enrolled,
+            "metrics_port": self.config.metrics_port, "updated_at": time.time(),
+        })
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start_superlink(self) -> None:
+        env = dict(os.environ)
+        env["FLWR_HOME"] = str(self.config.state_dir / "flwr")
+        env["FEDSAR_COORDINATOR_STATE"] = str(self.config.state_dir)
+        log_path = self.config.log_dir / "superlink.log"
+        self.superlink = spawn(superlink_command(self.config), log_path, env)
+        self.control = Control(self.config.address, self.config.ca_certificate, timeout=20.0)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.superlink.poll() is not None:
+                raise CoordinatorError(
+                    f"the SuperLink exited with code {self.superlink.returncode}; see {log_path}:\n{tail(log_path)}"
+                )
+            if self.control.ping():
+                self.view["up"] = 1.0
+                return
+            time.sleep(0.5)
+        raise CoordinatorError(f"the SuperLink did not answer on {self.config.address} within {READY_TIMEOUT_S:.0f}s; see {log_path}")
+
+    def enrol(self, keys: dict[str, bytes]) -> None:
+        """Register every listed site key; unregister keys that are no longer listed."""
+        assert self.control is not None
+        for name, pem in keys.items():
+            self.enrolled[name] = self.control.register_node(pem, name)
+        wanted = set(keys.values())
+        for node in self.control.list_nodes():
+            if node.public_key not in wanted and node.status != "unregistered":
+                self.control.unregister_node(node.node_id)
+                self.say(f"revoked node {node.node_id} ({node.name or 'unnamed'}): its key is no longer enrolled")
+        self.say(f"enrolled {len(keys)} sites: {', '.join(f'{n} (node {i})' for n, i in self.enrolled.items())}")
+
+    def submit(self) -> None:
+        assert self.control is not None
+        previous = json.loads(self.config.daemon_file.read_text()) if self.config.daemon_file.is_file() else {}
+        old = previous.get("run_id")
+        if old:
+            entry = self.control.run(int(old))
+            if entry is not None and not entry.finished:
+                self.control.stop_run(int(old))
+                self.say(f"stopped run {old} left over from the previous coordinator process")
+        resume = self.resume and RoundCheckpoints(self.config.checkpoint_dir).exists()
+        if self.resume and not resume:
+            self.say("--resume: no checkpoint yet, starting at round 1")
+        if resume:
+            self.say(f"resuming after round {RoundCheckpoints(self.config.checkpoint_dir).latest_round()}")
+        app = write_app(self.config, resume)
+        self.run_id = self.control.start_run(app)
+        self.run_status = "pending"
+        self._write_daemon_file()
+        self.say(f"run {self.run_id} started: {self.config.settings().strategy} on {self.config.settings().scenario}")
+
+    def refresh_nodes(self) -> None:
+        assert self.control is not None
+        by_id = {v: k for k, v in self.enrolled.items()}
+        nodes = self.control.list_nodes()
+        sites = {by_id[n.node_id]: 1.0 if n.status == "online" else 0.0 for n in nodes if n.node_id in by_id}
+        self.view.update({"sites": sites, "connected": sum(sites.values()), "enrolled": len(self.enrolled)})
+
+    def serve_metrics(self) -> None:
+        if not self.config.metrics_port:
+            return
+        from server.metrics import serve_coordinator_metrics
+
+        serve_coordinator_metrics(self.config.metrics_port, self.config.metrics_host, self.config.state_dir,
+                                  self.config.status_file, lambda: dict(self.view))
+        self.say(f"metrics on http://{self.config.metrics_host}:{self.config.metrics_port}/metrics")
+
+    def watch(self) -> bool:
+        """Follow the run until it ends (or the daemon is told to stop); True on success."""
+        assert self.control is not None and self.run_id is not None
+        seen_round = int((read_status(self.config.status_file) or {}).get("rounds_completed", 0))
+        next_nodes = 0.0
+        log_path = self.config.log_dir / "superlink.log"
+        while not self._stopping:
+            if self.superlink is not None and self.superlink.poll() is not None:
+                self.view["up"] = 0.0
+                raise CoordinatorError(f"the SuperLink exited with code {self.superlink.returncode}; see {log_path}:\n{tail(log_path)}")
+            try:
+                entry = self.control.run(self.run_id)
+                if time.monotonic() >= next_nodes:
+                    self.refresh_nodes()
+                    next_nodes = time.monotonic() + NODES_EVERY_S
+            except ControlError as err:
+                log.warning("%s", err)
+                entry = None
+            doc = read_status(self.config.status_file) or {}
+            if doc.get("last_round") and doc["last_round"]["round"] > seen_round:
+                seen_round = doc["last_round"]["round"]
+                self.say(progress_line(doc))
+            if entry is not None and entry.status != self.run_status:
+                self.run_status = entry.status
+                self._write_daemon_file()
+            if entry is not None and entry.finished:
+                if entry.succeeded:
+                    self.say(f"run {self.run_id} completed; results in {self.config.out_dir}")
+                else:
+                    self.say(f"run {self.run_id} ended: {entry.status} {entry.details}".rstrip())
+                    if doc.get("state") == "running":  # the ServerApp died before it could say so
+                        doc.update(state="failed", error=entry.details or entry.status)
+                        write_status(self.config.status_file, doc)
+                if not self.config.keep_running:
+                    return entry.succeeded
+            time.sleep(POLL_S)
+        return False
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.say(f"received signal {signum}; stopping")
+        self._stopping = True
+
+    def run(self) -> int:
+        """The whole lifecycle; returns the process exit code."""
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        keys = self.preflight()
+        self._take_lock()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.start_superlink()
+            self.say(f"SuperLink up on {self.config.host}:{self.config.port} (TLS, site authentication on)")
+            self.enrol(keys)
+            self.serve_metrics()
+            self.submit()
+            ok = self.watch()
+            return 0 if ok else 1
+        finally:
+            self.view["up"] = 0.0
+            if self.control is not None:
+                self.control.close()
+            stop_process(self.superlink)
