@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -205,7 +206,7 @@ def read_site_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     data = _read(path, "site private key")
     try:
         key = serialization.load_ssh_private_key(data, password=None)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
         raise KeyFileError(f"site private key {path}: not an unencrypted OpenSSH private key ({err})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise KeyFileError(f"site private key {path}: expected an elliptic-curve key, got {type(key).__name__}")
@@ -218,7 +219,7 @@ def read_site_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
     data = _read(path, "site public key")
     try:
         key = serialization.load_ssh_public_key(data)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
         raise KeyFileError(f"site public key {path}: not an OpenSSH public key ({err})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise KeyFileError(f"site public key {path}: expected an elliptic-curve key, got {type(key).__name__}")
