@@ -65,6 +65,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep each recording's duration (by default valid frames are stretched)")
     parser.add_argument("--smooth", type=int, default=BoneNormalizeConfig.smooth,
                         help="moving-average window in frames against jitter (0: off)")
+    parser.add_argument("--deadzone", type=float, default=BoneNormalizeConfig.deadzone,
+                        help="drop bone-direction changes from the start pose smaller than this (0: off)")
     parser.add_argument("--root", choices=("scaled", "keep", "fixed"), default=BoneNormalizeConfig.root,
                         help="root trajectory after normalization: scaled to the canonical body, kept or removed")
 
@@ -98,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bones_config(args: argparse.Namespace) -> BoneNormalizeConfig:
     try:
-        return BoneNormalizeConfig(posture=args.posture, tempo=args.tempo, smooth=args.smooth, root=args.root)
+        return BoneNormalizeConfig(posture=args.posture, tempo=args.tempo, smooth=args.smooth, root=args.root,
+                                   deadzone=args.deadzone)
     except ValueError as err:
         raise UserError(str(err)) from None
 

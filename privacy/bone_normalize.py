@@ -12,6 +12,9 @@ too, each switchable in :class:`BoneNormalizeConfig`:
 - ``tempo``: the recorded duration (how fast someone performs an action) is removed by
   resampling the valid frames to the full length of the window.
 - ``smooth``: sensor jitter and tremor are averaged out over a few frames.
+- ``deadzone``: small departures of each bone from its start direction (sway,
+  fidgeting, tremor) are removed and larger ones shrunk by the same amount, so idle
+  movement stops telling people apart while deliberate movement remains.
 - ``posture``: a person's habitual posture (slouch, arm carriage) is removed by rotating
   each bone so that the pose at the start of the sequence is the canonical rest pose;
   the motion relative to that start is kept. On by default: it is the strongest cheap
@@ -70,12 +73,15 @@ class BoneNormalizeConfig:
     smooth: int = 3  # moving-average window in frames; 0 or 1 turns it off
     posture: bool = True
     unit: str = "torso"  # "torso": canonical torso = 1 (as preprocessing scales); "metres"
+    deadzone: float = 0.0  # bone-direction changes from the start pose below this are dropped
 
     def __post_init__(self) -> None:
         if self.root not in ("scaled", "keep", "fixed"):
             raise ValueError(f"BoneNormalizeConfig.root must be scaled, keep or fixed, not {self.root!r}")
         if self.unit not in ("torso", "metres"):
             raise ValueError(f"BoneNormalizeConfig.unit must be torso or metres, not {self.unit!r}")
+        if not 0.0 <= self.deadzone < 2.0:
+            raise ValueError(f"BoneNormalizeConfig.deadzone must be in [0, 2), not {self.deadzone}")
         if self.smooth < 0:
             raise ValueError(f"BoneNormalizeConfig.smooth must be >= 0, not {self.smooth}")
 
@@ -270,6 +276,8 @@ def _rebuild(j: np.ndarray, valid: np.ndarray, layout: Layout, cfg: BoneNormaliz
     unit = np.where(norm > _EPS, vec / np.maximum(norm, _EPS), rest_dir)
     if cfg.posture:
         unit = _to_rest_posture(unit, valid, rest_dir)
+    if cfg.deadzone > 0:
+        unit = _deadzone(unit, valid, cfg.deadzone)
     if not cfg.bones:  # posture only: keep the person's own lengths
         lengths_nmtb = norm[..., 0]
     else:
@@ -295,6 +303,30 @@ def _median_valid(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: absent persons
         med = np.nanmedian(masked, axis=-1)
     return np.nan_to_num(med, nan=0.0)
+
+
+def _start_directions(unit: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mean bone directions ``[N,M,B,3]`` over the first eighth of each person's frames."""
+    n, m = unit.shape[:2]
+    start = np.zeros((n, m) + unit.shape[3:])
+    for i in range(n):
+        for k in range(m):
+            frames = np.flatnonzero(valid[i, k])
+            if frames.size:
+                start[i, k] = unit[i, k, frames[: max(1, frames.size // 8)]].mean(axis=0)
+    return start
+
+
+def _deadzone(unit: np.ndarray, valid: np.ndarray, width: float) -> np.ndarray:
+    """Shrink each bone's departure from its start direction by ``width``: sway, fidgeting
+    and tremor (small) vanish, deliberate movements (large) stay."""
+    start = _start_directions(unit, valid)[:, :, None]  # [N,M,1,B,3]
+    dev = unit - start
+    size = np.linalg.norm(dev, axis=-1, keepdims=True)
+    kept = dev * (np.maximum(size - width, 0.0) / np.maximum(size, _EPS))
+    moved = start + kept
+    norm = np.linalg.norm(moved, axis=-1, keepdims=True)
+    return np.where(norm > _EPS, moved / np.maximum(norm, _EPS), unit)
 
 
 def _to_rest_posture(unit: np.ndarray, valid: np.ndarray, rest_dir: np.ndarray) -> np.ndarray:

@@ -167,3 +167,30 @@ def test_fit_anonymizer_names_bad_labels() -> None:
         fit_anonymizer(x, np.zeros(6, int), np.zeros(5, int), {}, KINECT_V1, TINY)
     with pytest.raises(ValueError, match="attribute 'sex'"):
         fit_anonymizer(x, np.zeros(6, int), np.zeros(6, int), {"sex": np.array(["F"] * 6)}, KINECT_V1, TINY)
+
+
+def test_deadzone_removes_sway_but_keeps_deliberate_movement() -> None:
+    from privacy.bone_normalize import canonical_pose
+
+    t = 40
+    pose = np.repeat(canonical_pose(KINECT_V1)[None], t, axis=0)  # [T,V,3]
+    hand, elbow, wrist = (KINECT_V1.index(j) for j in ("hand_right", "elbow_right", "wrist_right"))
+    phase = np.linspace(0, 4 * np.pi, t)
+    pose[:, hand, 0] += 0.01 * np.sin(phase)  # sway of the hand: about 0.1 rad of its short bone
+    raise_ = 0.2 * np.clip(np.linspace(-1, 3, t), 0, 1)
+    pose[:, wrist, 2] += raise_  # forearm raised forward, the hand goes along
+    pose[:, hand, 2] += raise_
+    x = pose.transpose(2, 0, 1)[None, :, :, :, None].astype(np.float32)
+    base = BoneNormalizeConfig(view=False, tempo=False, smooth=0, posture=False)
+    plain = normalize_bones(x, KINECT_V1, base)
+    calm = normalize_bones(x, KINECT_V1, BoneNormalizeConfig(**{**base.to_dict(), "deadzone": 0.2}))
+
+    def direction(a: np.ndarray, child: int, parent: int) -> np.ndarray:
+        d = a[0, :, :, child, 0] - a[0, :, :, parent, 0]
+        return d / np.linalg.norm(d, axis=0)
+
+    assert np.ptp(direction(plain, hand, wrist), axis=1).max() > 0.05
+    assert np.ptp(direction(calm, hand, wrist), axis=1).max() < 1e-6
+    assert np.ptp(direction(calm, wrist, elbow), axis=1).max() > 0.3
+    with pytest.raises(ValueError, match="deadzone"):
+        BoneNormalizeConfig(deadzone=-0.1)
