@@ -33,12 +33,22 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[RoundRecord, int], None]
 
 
-def model_config_for(scenario: Scenario, preset: str) -> dict[str, Any]:
-    """ModelConfig fields: the preset, then the scenario's overrides."""
+def model_config_for(scenario: Scenario, preset: str, overrides: str | dict[str, Any] | None = None) -> dict[str, Any]:
+    """ModelConfig fields: the preset, then the scenario's overrides, then the run's
+    ``model-overrides`` (a JSON object, e.g. a smaller network for a CPU trial)."""
     from models import ModelConfig
 
     base = asdict(ModelConfig.preset(preset))
     base.update(scenario.model)
+    if overrides:
+        try:
+            extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+            if not isinstance(extra, dict):
+                raise ValueError(f"{extra!r} is not an object")
+            base.update(extra)
+            ModelConfig.from_dict(base)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"run config 'model-overrides' {overrides!r}: {err}") from None
     return base
 
 
@@ -107,7 +117,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
     scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
     policy = client_policy(settings.strategy, scenario.shared_label_set)
-    model_config = model_config_for(scenario, settings.model_preset)
+    model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     arrays = initial_arrays(scenario, settings, model_config, policy)
     options = StrategyOptions(
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
