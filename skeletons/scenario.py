@@ -10,12 +10,15 @@ specs, which is why this module sits in the data layer and depends on nothing ab
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+log = logging.getLogger(__name__)
+
 REAL_DATASETS = {"nw-ucla", "msr-action3d", "kinder-gator", "ntu", "pyskl", "ctrgcn-npz", "pku-mmd", "uestc"}
 
 
@@ -171,6 +174,9 @@ def apply_paths(scenario: Scenario, paths_file: str | Path) -> Scenario:
             f"{', '.join(s.name for s in sites) or 'none'}; missing: {', '.join(missing)}"
         )
     note = f"; missing (skipped): {', '.join(missing)}" if missing else ""
+    if missing:
+        log.warning("%s names no data set for site(s) %s of scenario %r: they are skipped",
+                    path, ", ".join(missing), scenario.name)
     return Scenario(**{**asdict(scenario), "sites": sites, "description": scenario.description + note})
 
 
