@@ -13,6 +13,7 @@ COMMANDS = {
     "compare": ("simulations.compare", "run several strategies on a scenario; write a table and plots"),
     "knn": ("simulations.knn", "k-NN top-1 of a checkpoint's shared backbone on an unseen data set"),
     "standins": ("simulations.standins_cmd", "write small generated stand-ins of the fsar-paper data sets"),
+    "cost": ("simulations.cost", "estimate time and memory per round of fsar-paper on the full data sets"),
 }
 
 

@@ -117,9 +117,11 @@ def _motions(
 def _with_partner(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Two people ``[T, 2, 25, 3]``: ``second`` stands beside ``first``."""
     frames = min(len(first), len(second))
-    partner = second[:frames].copy()
-    partner[..., 0] += PARTNER_OFFSET
-    return np.concatenate([first[:frames], partner], axis=1)
+    first, second = first[:frames], second[:frames]
+    shift = first.mean(axis=(0, 1, 2)) - second.mean(axis=(0, 1, 2))
+    shift[1] = 0.0  # both stand on the same floor
+    shift[0] += PARTNER_OFFSET
+    return np.concatenate([first, second + shift.astype(np.float32)], axis=1)
 
 
 def _take(motions: dict, view: str, subject: int, label: int, num_subjects: int,
