@@ -149,6 +149,14 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "federation": str(settings.extra.get("federation", "")),
     })
     out = Path(settings.out_dir) if settings.out_dir else None
+    from privacy.coordinator import coordinator_privacy  # site DP keys, central DP, secure aggregation
+
+    privacy = coordinator_privacy(
+        strategy, grid, settings.extra, num_rounds=settings.num_server_rounds, num_sites=len(scenario.sites),
+        fraction_train=settings.fraction_train, out_dir=out,
+    )
+    for key, value in privacy.train_keys.items():
+        train_config[key] = value
     started = time.perf_counter()
 
     def on_round_end(server_round: int, global_arrays: ArrayRecord) -> None:
@@ -162,14 +170,15 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
             hooks.round_end(server_round, global_arrays, strategy)
 
     final = run_rounds(
-        strategy, grid, arrays, first_round, settings.num_server_rounds, train_config, ConfigRecord(dict(train_config)),
-        on_round_end, timeout=settings.timeout_s,
+        privacy.strategy, privacy.grid, arrays, first_round, settings.num_server_rounds, train_config,
+        ConfigRecord(dict(train_config)), on_round_end, timeout=settings.timeout_s,
     )
     if hooks is not None:
         hooks.finish(strategy)
     results = summarize(scenario, settings, strategy.history)
     results["total_wall_s"] = time.perf_counter() - started
     results["model"] = {"layout": scenario.layout, "config": model_config, "policy": policy}
+    results["privacy"] = privacy.report()
     if out is not None:
         write_json(out / "results.json", results)
         write_arrays(out / "global.npz", {k: v.numpy() for k, v in final.items()})
