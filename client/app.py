@@ -27,6 +27,8 @@ from client.site import (
     site_setup,
     split_parameters,
 )
+from privacy.central import clipping_when_requested
+from privacy.secagg import secaggplus_when_requested
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def _site_record(name: str) -> ConfigRecord:
     return ConfigRecord({"site-name": name})
 
 
-@app.train()
+@app.train(mods=[secaggplus_when_requested, clipping_when_requested])  # no-ops unless the run asks
 def train(msg: Message, context: Context) -> Message:
     """One round of local training."""
     from client.trainer import train as train_model
