@@ -1,0 +1,229 @@
+"""Round checkpoints and resume: a resumed run continues exactly where the crashed one
+stopped (global model, FedAvgM momentum, history); status, metrics and config files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from prometheus_client import CollectorRegistry, generate_latest
+
+from server.checkpoint import CheckpointError, DeploymentHooks, RoundCheckpoints
+from server.federation_config import FederationConfigError, load_federation_config
+from server.metrics import CoordinatorCollector, record_privacy_spent
+from server.settings import RunSettings
+from server.status import format_status, read_status
+from strategies.registry import StrategyOptions, build_strategy
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+SITES = (11, 12, 13)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Strategies build messages, which Flower stamps with the running task's run id."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class FakeGrid:
+    """Just enough of a Grid for a strategy to sample nodes."""
+
+    def get_node_ids(self):
+        return list(SITES)
+
+
+def start_arrays() -> ArrayRecord:
+    return ArrayRecord(OrderedDict(w=Array(np.zeros((2, 3), np.float32)), b=Array(np.ones(3, np.float32))))
+
+
+def site_update(global_arrays: ArrayRecord, node: int, server_round: int) -> ArrayRecord:
+    """What site ``node`` sends back in ``server_round``: a deterministic step from the global model."""
+    rng = np.random.default_rng([node, server_round])
+    return ArrayRecord(OrderedDict(
+        (k, Array((v.numpy() + rng.normal(0, 0.1, v.numpy().shape)).astype(np.float32))) for k, v in global_arrays.items()
+    ))
+
+
+def reply(arrays: ArrayRecord, node: int, kind: str = "train", loss: float = 0.5) -> Message:
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 10 * node, "train-loss": loss, "train-seconds": 0.1}),
+                          "site": ConfigRecord({"site-name": f"site-{node}"})})
+    if kind == "train":
+        content["arrays"] = arrays
+    else:
+        content["metrics"] = MetricRecord({"num-examples": 5, "eval-loss": loss, "eval-accuracy": 0.5 + node / 100})
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
+                    group_id="1", created_at=time.time(), ttl=60.0, message_type=kind)
+    return Message(content=content, metadata=meta)
+
+
+def make_strategy(momentum: float = 0.9):
+    options = StrategyOptions(server_momentum=momentum, shared_label_set=True)
+    return build_strategy("fsar", options, eval_every=1, num_rounds=4, num_sites=len(SITES))
+
+
+def play_round(strategy, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+    grid = FakeGrid()
+    list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+    new, _ = strategy.aggregate_train(server_round, [reply(site_update(arrays, n, server_round), n) for n in SITES])
+    strategy.configure_evaluate(server_round, new, ConfigRecord(), grid)
+    strategy.aggregate_evaluate(server_round, [reply(new, n, "evaluate") for n in SITES])
+    return new
+
+
+def settings_for(folder: Path, resume: bool, **changes) -> RunSettings:
+    run = {"strategy": "fsar", "server-momentum": 0.9, "num-server-rounds": 4, "federation": "fed",
+           "checkpoint-dir": str(folder / "checkpoints"), "status-file": str(folder / "status.json"),
+           "resume": resume, **changes}
+    return RunSettings.from_run_config(run)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    reference = make_strategy()
+    arrays = start_arrays()
+    for r in range(1, 5):
+        arrays = play_round(reference, arrays, r)
+
+    first = make_strategy()
+    hooks = DeploymentHooks.from_settings(settings_for(tmp_path, resume=False))
+    start, crashed = hooks.start(first, start_arrays())
+    assert start == 1
+    for r in (1, 2):
+        crashed = play_round(first, crashed, r)
+        hooks.round_end(r, crashed, first)
+    # the coordinator dies here; a new process resumes from the checkpoint
+    second = make_strategy()
+    hooks = DeploymentHooks.from_settings(settings_for(tmp_path, resume=True))
+    start, resumed = hooks.start(second, start_arrays())
+    assert start == 3
+    assert [r.round for r in second.history] == [1, 2]
+    assert np.allclose(second.momentum_vector[0], first.momentum_vector[0])
+    for r in (3, 4):
+        resumed = play_round(second, resumed, r)
+        hooks.round_end(r, resumed, second)
+    hooks.finish(second)
+    for key in arrays.keys():
+        assert np.allclose(resumed[key].numpy(), arrays[key].numpy(), atol=1e-6), key
+    assert [r.round for r in second.history] == [1, 2, 3, 4]
+    status = read_status(tmp_path / "status.json")
+    assert status["state"] == "completed" and status["rounds_completed"] == 4 and status["first_round"] == 3
+
+
+def test_without_momentum_state_the_resume_would_drift(tmp_path):
+    """The momentum really matters: dropping it changes the result (guards the test above)."""
+    reference = make_strategy()
+    arrays = start_arrays()
+    for r in range(1, 4):
+        arrays = play_round(reference, arrays, r)
+    cut = make_strategy()
+    mid = start_arrays()
+    for r in (1, 2):
+        mid = play_round(cut, mid, r)
+    fresh = make_strategy()  # no momentum restored
+    fresh.history = list(cut.history)
+    mid = play_round(fresh, mid, 3)
+    assert not np.allclose(mid["w"].numpy(), arrays["w"].numpy(), atol=1e-6)
+
+
+def test_checkpoint_files_and_pruning(tmp_path):
+    strategy = make_strategy()
+    checkpoints = RoundCheckpoints(tmp_path)
+    arrays = start_arrays()
+    settings = settings_for(tmp_path, resume=False)
+    for r in (1, 2, 3):
+        arrays = play_round(strategy, arrays, r)
+        checkpoints.save(r, arrays, strategy, settings)
+    names = sorted(p.name for p in tmp_path.glob("round-*.npz"))
+    assert names == ["round-00002-global.npz", "round-00002-strategy.npz", "round-00003-global.npz", "round-00003-strategy.npz"]
+    loaded = checkpoints.load()
+    assert loaded.round == 3 and list(loaded.arrays) == ["w", "b"]
+    assert np.array_equal(loaded.arrays["w"], arrays["w"].numpy())
+    assert set(loaded.strategy_arrays) == {"momentum/w", "momentum/b"}
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert manifest["global"] == "round-00003-global.npz" and manifest["keys"] == ["w", "b"]
+
+
+def test_a_torn_write_leaves_the_previous_checkpoint(tmp_path):
+    strategy = make_strategy(momentum=0.0)
+    checkpoints = RoundCheckpoints(tmp_path)
+    settings = settings_for(tmp_path, resume=False)
+    arrays = play_round(strategy, start_arrays(), 1)
+    checkpoints.save(1, arrays, strategy, settings)
+    (tmp_path / "round-00002-global.npz").write_bytes(b"half a file")  # crash before the manifest
+    assert checkpoints.load().round == 1
+    (tmp_path / "round-00001-global.npz").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="array file missing or corrupt"):
+        checkpoints.load()
+
+
+def test_resume_refuses_other_settings_and_fresh_start_refuses_old_checkpoint(tmp_path):
+    strategy = make_strategy()
+    hooks = DeploymentHooks.from_settings(settings_for(tmp_path, resume=False))
+    hooks.start(strategy, start_arrays())
+    hooks.round_end(1, play_round(strategy, start_arrays(), 1), strategy)
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        DeploymentHooks.from_settings(settings_for(tmp_path, resume=False)).start(make_strategy(), start_arrays())
+    with pytest.raises(CheckpointError, match=r"strategy: 'fsar' -> 'fedavg'"):
+        DeploymentHooks.from_settings(settings_for(tmp_path, resume=True, strategy="fedavg")).start(make_strategy(), start_arrays())
+    bigger = ArrayRecord(OrderedDict(w=Array(np.zeros((4, 3), np.float32)), b=Array(np.ones(3, np.float32))))
+    with pytest.raises(CheckpointError, match=r"parameter 'w' is \(2, 3\), the model expects \(4, 3\)"):
+        DeploymentHooks.from_settings(settings_for(tmp_path, resume=True)).start(make_strategy(), bigger)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        RoundCheckpoints(tmp_path / "empty").load()
+
+
+def test_simulation_runs_have_no_hooks():
+    assert DeploymentHooks.from_settings(RunSettings.from_run_config({"strategy": "fsar"})) is None
+
+
+def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
+    strategy = make_strategy()
+    hooks = DeploymentHooks.from_settings(settings_for(tmp_path, resume=False))
+    arrays = hooks.start(strategy, start_arrays())[1]
+    for r in (1, 2):
+        arrays = play_round(strategy, arrays, r)
+        hooks.round_end(r, arrays, strategy)
+    monkeypatch.setenv("FEDSAR_COORDINATOR_STATE", str(tmp_path))
+    record_privacy_spent("site-11", 0.75)
+    view = {"up": 1.0, "enrolled": 3, "connected": 2, "sites": {"site-11": 1.0, "site-12": 1.0, "site-13": 0.0}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CoordinatorCollector(tmp_path, tmp_path / "status.json", lambda: view))
+    text = generate_latest(registry).decode()
+    assert "fedsar_rounds_completed_total 2.0" in text
+    assert "fedsar_round_duration_seconds_count 2.0" in text
+    assert "fedsar_sites_participating 3.0" in text and "fedsar_sites_connected 2.0" in text
+    assert 'fedsar_privacy_epsilon_spent{site="site-11"} 0.75' in text
+    assert 'fedsar_site_accuracy{site="site-12"}' in text and 'fedsar_site_train_loss{site="site-13"}' in text
+    assert 'fedsar_site_connected{site="site-13"} 0.0' in text
+    doc = read_status(tmp_path / "status.json")
+    text = format_status(doc, {"alive": True, "pid": 1, "address": "localhost:9092", "run_id": 7},
+                         [{"name": "site-11", "node_id": 1, "status": "online"}, {"name": "site-12", "node_id": 2, "status": "offline"}])
+    assert "2/4 rounds" in text and "1 connected of 2 enrolled" in text and "site-13" in text
+
+
+def test_example_federation_config_and_errors(tmp_path):
+    config = load_federation_config(EXAMPLES / "federation.toml")
+    assert config.name == "tiny-demo" and len(config.sites) == 3
+    assert config.run["scenario"] == str(EXAMPLES / "tiny-scenario.toml")
+    assert config.settings().min_sites == 2 and config.state_dir == EXAMPLES / "state" / "coordinator"
+    text = (EXAMPLES / "federation.toml").read_text()
+    for change, message in (
+        (("[run]", "[run]\nout-dir = 'x'"), "sets out-dir, which fedsar-server sets itself"),
+        (("port = 9092", "port = 99999"), "port = 99999 is not a port number"),
+        (('name = "site-c"', 'name = "site-b"'), "site names repeat"),
+        (("min-sites = 2", "min-sites = 'two'"), "min-sites"),
+        (("[[sites]]", "[[sitez]]"), "unknown section"),
+    ):
+        path = tmp_path / "federation.toml"
+        path.write_text(text.replace(*change, 1))
+        with pytest.raises(FederationConfigError, match=message):
+            load_federation_config(path)
