@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -139,13 +141,16 @@ class _Accounted:
         if weighted_by is not None:
             inner.weighted_by_key = WEIGHT_KEY  # type: ignore[attr-defined]
         try:
-            arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+            arrays, metrics = self._clip_and_average(server_round, replies)
         finally:
             if weighted_by is not None:
                 inner.weighted_by_key = weighted_by  # type: ignore[attr-defined]
         if arrays is not None:
             self._account(server_round, self._contributors(server_round, replies))
         return arrays, metrics
+
+    def _clip_and_average(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def _contributors(self, server_round: int, replies: list[Message]) -> int:
         record_for = getattr(self.strategy, "record_for", None)
@@ -179,13 +184,37 @@ class _Accounted:
 
 
 class CentralDPServerSide(_Accounted, DifferentialPrivacyServerSideFixedClipping):
-    """Flower's server-side fixed clipping with equal weights and the accountant above."""
+    """Flower's server-side fixed clipping with equal weights and the accountant above.
+
+    Flower's clipping divides by the update's norm, so a reply that changes nothing (a
+    site declining the round sends the global model back) would stop the round; such
+    replies pass unclipped (clipping leaves them unchanged anyway), the others are
+    clipped with Flower's ``compute_clip_model_update`` before the noisy average.
+    """
 
     def __init__(self, strategy: Strategy, settings: CentralDPSettings, num_sampled: int,
                  record_path: Path | None = None) -> None:
         DifferentialPrivacyServerSideFixedClipping.__init__(
             self, strategy, settings.noise_multiplier, settings.clipping_norm, num_sampled)
         self._init_accounting(settings.delta, record_path)
+
+    def _clip_and_average(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        from flwr.app import Array
+        from flwr.supercore.differential_privacy import compute_clip_model_update
+
+        current = self.current_arrays.to_numpy_ndarrays()
+        for msg in replies:
+            if msg.has_error():
+                continue
+            for name, record in list(msg.content.array_records.items()):
+                values = record.to_numpy_ndarrays()
+                if len(values) != len(current) or not any(np.any(v != c) for v, c in zip(values, current)):
+                    continue  # malformed (screening drops it) or no change (nothing to clip)
+                compute_clip_model_update(param1=values, param2=current, clipping_norm=self.clipping_norm)
+                msg.content[name] = ArrayRecord(OrderedDict(
+                    (k, Array(np.asarray(v))) for k, v in zip(record.keys(), values, strict=True)))
+        # the rest is the client-side wrapper's path: average, then Gaussian noise
+        return DifferentialPrivacyClientSideFixedClipping.aggregate_train(self, server_round, replies)  # type: ignore[arg-type]
 
 
 class CentralDPClientSide(_Accounted, DifferentialPrivacyClientSideFixedClipping):
@@ -206,13 +235,34 @@ def wrap_central_dp(strategy: Strategy, settings: CentralDPSettings, num_sites: 
     return cls(strategy, settings, num_sampled, record_path)
 
 
+class _Unchanged(Exception):
+    def __init__(self, reply: Message) -> None:
+        super().__init__("reply without an update")
+        self.reply = reply
+
+
 def clipping_when_requested(msg: Message, context: Any, call_next: Any) -> Message:
     """Flower's ``fixedclipping_mod`` for train messages whose config carries a clipping
-    norm (client-side central DP); every other message passes through unchanged."""
+    norm (client-side central DP); every other message passes through unchanged, and so
+    does a reply that changes nothing (a declined round), which Flower's clipping cannot
+    take (it divides by the update's norm)."""
     from flwr.clientapp.mod import fixedclipping_mod
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
     config = msg.content.config_records.get("config") if msg.metadata.message_type.startswith("train") else None
     if config is None or KEY_CLIPPING_NORM not in config:
         return call_next(msg, context)
-    return fixedclipping_mod(msg, context, call_next)
+    sent = [a.numpy() for rec in msg.content.array_records.values() for a in rec.values()]
+
+    def app(m: Message, c: Any) -> Message:
+        out = call_next(m, c)
+        if not out.has_error():
+            got = [a.numpy() for rec in out.content.array_records.values() for a in rec.values()]
+            if len(got) == len(sent) and all(g.shape == s.shape and np.array_equal(g, s) for g, s in zip(got, sent)):
+                raise _Unchanged(out)
+        return out
+
+    try:
+        return fixedclipping_mod(msg, context, app)
+    except _Unchanged as same:
+        return same.reply
