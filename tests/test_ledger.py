@@ -117,3 +117,35 @@ def test_switching_accountant_on_an_existing_ledger_is_refused(tmp_path):
     spend_rounds(store, 1)
     with pytest.raises(LedgerError, match="'rdp' accountant.*'prv'"):
         load(store, mechanism="prv")
+
+
+def test_budget_command_shows_and_checks_the_ledger(tmp_path, capsys):
+    from privacy.cli import main
+
+    state = tmp_path / "state"
+    site_toml = tmp_path / "site.toml"
+    site_toml.write_text(
+        '[site]\nname = "clinic-a"\nstate_dir = "state"\n'
+        '[coordinator]\naddress = "127.0.0.1:9092"\nca_certificate = "ca.pem"\n'
+        '[keys]\nprivate_key = "site.key"\n[data]\ndataset = "synthetic"\n'
+        '[privacy]\nepsilon = 3.0\n'
+    )
+    store = FileStore(state / "privacy-ledger.json")
+    spend_rounds(store, 2, z=1.0, q=0.1, steps=30)
+    with transaction(store, delta=DELTA) as ledger:
+        ledger.plan = {"run": "run-1", "noise_multiplier": 1.0, "sample_rate": 0.1, "steps_per_round": 30}
+    spent = read_ledger(state / "privacy-ledger.json").epsilon()
+
+    assert main(["budget", "--site", str(site_toml)]) == 0
+    out = capsys.readouterr().out
+    assert f"epsilon {spent:.4f} over 60 DP-SGD steps in 2 rounds" in out and "budget     epsilon 3" in out
+
+    assert main(["budget", "--ledger", str(state / "privacy-ledger.json"), "--json", "--check"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["epsilon"] == pytest.approx(spent) and doc["target_epsilon"] is None and doc["steps"] == 60
+
+    # with the site's budget of 3, one more planned round would go past it
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 1
+    assert "would exceed the budget" in capsys.readouterr().out
+    assert main(["budget", "--ledger", str(tmp_path / "none.json")]) == 2
+    assert "no privacy ledger" in capsys.readouterr().err

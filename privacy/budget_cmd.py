@@ -1,0 +1,105 @@
+"""``fedsar-privacy budget``: show a site's privacy ledger, or check that budget is left.
+
+``--site site.toml`` finds the ledger where the site keeps it (``[privacy] ledger`` or
+``<state_dir>/privacy-ledger.json``); ``--ledger PATH`` reads a ledger file directly.
+``--check`` exits with status 1 when the next round of the current plan would exceed the
+budget, so scripts can tell whether a site can still take part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from skeletons.clikit import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", metavar="SITE_TOML", help="the site's configuration file")
+    where.add_argument("--ledger", metavar="PATH", help="a privacy ledger file (JSON)")
+    parser.add_argument("--delta", type=float, default=None, help="report epsilon at this delta (default: the ledger's)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the next planned round would exceed the budget")
+
+
+def _ledger_path(args: argparse.Namespace) -> tuple[Path, float | None]:
+    if args.ledger:
+        return Path(args.ledger), None
+    from client.site_config import SiteConfigError, load_site_config
+
+    try:
+        site = load_site_config(args.site)
+    except SiteConfigError as err:
+        raise UserError(str(err)) from None
+    return site.ledger_path, site.privacy.epsilon
+
+
+def summarize(ledger: Any, delta: float | None = None, target: float | None = None) -> dict[str, Any]:
+    """The figures ``budget`` prints: spent, target, remaining, the plan and the next round."""
+    delta = ledger.delta if delta is None else delta
+    target = ledger.target_epsilon if target is None else target
+    spent = ledger.epsilon(delta)
+    plan = ledger.plan or {}
+    next_round = None
+    if plan:
+        after = ledger.epsilon_after(plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_round"])
+        next_round = {"epsilon_after": after, "within_budget": target is None or after <= target * (1 + 1e-9)}
+    return {
+        "ledger": ledger.where, "site": ledger.site, "accountant": ledger.mechanism, "delta": delta,
+        "epsilon": spent, "target_epsilon": target,
+        "remaining": None if target is None else max(0.0, target - spent),
+        "steps": ledger.steps, "rounds": len(ledger.rounds), "declined": len(ledger.declined),
+        "plan": plan or None, "next_round": next_round, "updated": ledger.updated,
+    }
+
+
+def format_summary(summary: dict[str, Any], ledger: Any) -> str:
+    lines = [f"privacy ledger {summary['ledger']}" + (f" (site {summary['site']})" if summary["site"] else "")]
+    lines.append(f"  accountant {summary['accountant']}, delta {summary['delta']:g}")
+    lines.append(f"  spent      epsilon {summary['epsilon']:.4f} over {summary['steps']} DP-SGD steps "
+                 f"in {summary['rounds']} rounds")
+    if summary["target_epsilon"] is not None:
+        lines.append(f"  budget     epsilon {summary['target_epsilon']:g}, remaining {summary['remaining']:.4f}")
+    else:
+        lines.append("  budget     none set (fixed noise multiplier)")
+    plan = summary["plan"]
+    if plan:
+        lines.append(f"  plan       run {plan['run']}: noise multiplier {plan['noise_multiplier']:.4f}, sample rate "
+                     f"{plan['sample_rate']:.4g}, {plan['steps_per_round']} steps per round")
+        nxt = summary["next_round"]
+        verdict = "within budget" if nxt["within_budget"] else "would exceed the budget: the site declines it"
+        lines.append(f"  next round epsilon {nxt['epsilon_after']:.4f} ({verdict})")
+    if ledger.rounds:
+        lines.append("")
+        lines.append(f"  {'run':<12} {'round':>5} {'steps':>6} {'noise':>8} {'q':>8} {'epsilon':>9}  status")
+        for r in ledger.rounds[-20:]:
+            lines.append(f"  {str(r['run'])[:12]:<12} {r['round']:>5} {r['steps']:>6} {r['noise_multiplier']:>8.4f} "
+                         f"{r['sample_rate']:>8.4g} {r['epsilon']:>9.4f}  {r['status']}")
+        if len(ledger.rounds) > 20:
+            lines.append(f"  ... {len(ledger.rounds) - 20} earlier rounds not shown")
+    for d in ledger.declined[-5:]:
+        lines.append(f"  declined run {d['run']} round {d['round']}: {d['reason']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from privacy.ledger import LedgerError, read_ledger
+
+    path, site_target = _ledger_path(args)
+    if args.delta is not None and not 0 < args.delta < 1:
+        raise UserError(f"--delta {args.delta} must be in (0, 1)")
+    try:
+        ledger = read_ledger(path)
+    except LedgerError as err:
+        hint = " (the site has not trained with DP-SGD yet)" if not path.exists() else ""
+        raise UserError(f"{err}{hint}") from None
+    summary = summarize(ledger, args.delta, site_target)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary, ledger))
+    if args.check:
+        exhausted = (summary["remaining"] is not None and summary["remaining"] <= 0) or (
+            summary["next_round"] is not None and not summary["next_round"]["within_budget"])
+        return 1 if exhausted else 0
+    return 0
