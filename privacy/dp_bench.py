@@ -1,0 +1,175 @@
+"""What DP-SGD costs per training step: ``python -m privacy.dp_bench``.
+
+Times one optimizer step (forward, backward, clipping, noise, update) of the same model
+on the same batch without DP and with each of Opacus's per-sample gradient modes:
+
+- ``hooks``: per-layer hooks materialize every per-sample gradient (the site trainer's
+  default; the Adaptive Topology has its own exact sampler in ``models.topology``);
+- ``ghost``: ghost clipping computes per-sample gradient *norms* in a first backward and
+  the clipped sum in a second one, never materializing per-sample gradients; it needs
+  the loss per sample, so it is timed with the cross-entropy loss only;
+- ``functorch`` and ``ew`` (expanded weights): generic per-sample gradients through
+  ``torch.func`` / expanded weights; reported with the reason when the model is refused.
+
+``--mkd`` adds the FSAR recipe's multi-grain distillation from a frozen teacher to the
+``plain`` and ``hooks`` rows (the site trainer's real loss). Results: a table on stdout
+and, with ``--out``, JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("plain", "hooks", "ghost", "functorch", "ew")
+
+
+def _model(preset: str, overrides: dict[str, Any], classes: int, seed: int) -> torch.nn.Module:
+    from models import ModelConfig, build_model
+    from skeletons.layouts import get_layout
+
+    torch.manual_seed(seed)
+    config = ModelConfig.preset(preset)
+    if overrides:
+        config = config.with_(**overrides)
+    return build_model(get_layout("kinect-v1"), classes, 1, config)
+
+
+def _loss_fn(mkd: bool) -> Callable[..., torch.Tensor]:
+    """The site trainer's loss (with MKD when asked) or plain cross-entropy."""
+    if not mkd:
+        return lambda model, x, y, teacher: F.cross_entropy(model(x), y)
+    from client.trainer import TrainConfig, training_loss
+
+    recipe = TrainConfig(grains=[1, 2], lambda_mg=0.5, lambda_kd=0.5, device="cpu", mixed_precision=False)
+    return lambda model, x, y, teacher: training_loss(model, x, y, recipe, teacher)[0]
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    out = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_mode(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, mkd: bool) -> dict[str, Any]:
+    """Median seconds per step of ``mode`` (or the error that stopped it)."""
+    from opacus import PrivacyEngine
+
+    model = _model(args.preset, args.overrides, args.classes, args.seed)
+    teacher = None
+    if mkd:
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = _loss_fn(mkd)
+    row: dict[str, Any] = {"mode": mode, "mkd": mkd, "params": sum(p.numel() for p in model.parameters())}
+    try:
+        if mode == "plain":
+            def step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model, x, y, teacher).backward()
+                optimizer.step()
+        else:
+            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                made = PrivacyEngine(accountant="rdp").make_private(
+                    module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                    poisson_sampling=False, grad_sample_mode=mode, criterion=torch.nn.CrossEntropyLoss())
+            private, dp_opt = made[0], made[1]
+            if mode == "ghost":
+                criterion = made[2]
+
+                def step() -> None:
+                    dp_opt.zero_grad(set_to_none=True)
+                    criterion(private(x), y).backward()
+                    dp_opt.step()
+            else:
+                def step() -> None:
+                    dp_opt.zero_grad(set_to_none=True)
+                    loss_fn(private, x, y, teacher).backward()
+                    dp_opt.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            times = time_steps(step, args.steps, args.warmup)
+    except Exception as err:  # noqa: BLE001 - a mode the model does not support is a result too
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        return row
+    row.update(seconds=statistics.median(times), min_s=min(times), max_s=max(times), steps=len(times))
+    return row
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="slim", help="model preset (slim, wide, reference)")
+    parser.add_argument("--model-overrides", default="", help="JSON object of ModelConfig fields")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=52)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per mode (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--mkd", action="store_true", help="also time plain and hooks with the FSAR (MKD) loss")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    args.overrides = json.loads(args.model_overrides) if args.model_overrides else {}
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, 3, args.frames, 20, 1, generator=g)
+    y = torch.randint(0, args.classes, (args.batch_size,), generator=g)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"--modes: unknown {unknown}; choose from {MODES}")
+    rows = [bench_mode(m, args, x, y, mkd=False) for m in modes]
+    if args.mkd:
+        rows += [bench_mode(m, args, x, y, mkd=True) for m in ("plain", "hooks") if m in modes]
+    base = {r["mkd"]: r["seconds"] for r in rows if r["mode"] == "plain" and "seconds" in r}
+    for r in rows:
+        if "seconds" in r and r["mkd"] in base:
+            r["vs_plain"] = r["seconds"] / base[r["mkd"]]
+    print(f"model {args.preset} {args.overrides or ''} batch {args.batch_size} x {args.frames} frames, "
+          f"{args.threads} thread(s), median of {args.steps} steps")
+    print(f"| loss | mode | s/step | x plain |\n|---|---|---:|---:|")
+    for r in rows:
+        loss = "CE+MKD" if r["mkd"] else "CE"
+        if "error" in r:
+            print(f"| {loss} | {r['mode']} | failed: {r['error']} | |")
+        else:
+            print(f"| {loss} | {r['mode']} | {r['seconds']:.3f} | {r.get('vs_plain', float('nan')):.2f} |")
+    if args.out:
+        from skeletons.atomic import write_json
+
+        write_json(args.out, {"args": {k: v for k, v in vars(args).items() if k != "overrides"},
+                              "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+                              "rows": rows})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m privacy.dp_bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
