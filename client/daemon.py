@@ -113,6 +113,7 @@ class SiteDaemon:
         from client.metrics import METRICS_ENV
 
         env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-* of this install
         env["FLWR_HOME"] = str(self.site.state_dir / "flwr")
         env[METRICS_ENV] = str(self.site.metrics_file)
         env["FEDSAR_SITE_CONFIG"] = str(self.site.source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ class Control:
         self._client = ControlHttpClient(
             f"https://{address}",
             interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-            verify=str(ca_certificate),
+            verify=ssl.create_default_context(cafile=str(ca_certificate)),
             timeout=timeout,
         )
 

@@ -236,6 +236,7 @@ class Coordinator:
     # -- lifecycle ---------------------------------------------------------------------
     def start_superlink(self) -> None:
         env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-* of this install
         env["FLWR_HOME"] = str(self.config.state_dir / "flwr")
         env["FEDSAR_COORDINATOR_STATE"] = str(self.config.state_dir)
         log_path = self.config.log_dir / "superlink.log"
