@@ -84,3 +84,15 @@ def site_epsilons(history: Any) -> dict[str, dict[str, float]]:
             if why.startswith("declined"):
                 sites.setdefault(site, {"epsilon": 0.0, "dp": 1.0, "declined_rounds": 0})["declined_rounds"] += 1
     return sites
+
+
+def check_run_config(config: Mapping[str, Any]) -> None:
+    """Fail early, naming the key, on privacy settings a run could not start with."""
+    from privacy.dp import DPSettings
+
+    DPSettings.resolve((config, "run config"))
+    central = CentralDPSettings.from_run_config(config)
+    secure = SecAggSettings.from_run_config(config)
+    if central is not None and secure is not None and central.clipping == "server":
+        raise ValueError("run config: with secagg = true the server sees only the sum and cannot clip each site; "
+                         "set central-dp-clipping = 'client'")
