@@ -29,6 +29,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mkd", action="store_true", help="fsar without multi-grain distillation")
     parser.add_argument("--grains", default=None, help="MKD grains, e.g. 1,2")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
+    privacy = parser.add_argument_group("privacy (see docs/privacy.md)")
+    privacy.add_argument("--dp-epsilon", default=None, help="DP-SGD on every site: target epsilon for the run (inf: off)")
+    privacy.add_argument("--dp-delta", type=float, default=None, help="DP-SGD delta (default 1e-5)")
+    privacy.add_argument("--dp-max-grad-norm", type=float, default=None, help="DP-SGD per-sample clipping norm")
+    privacy.add_argument("--dp-noise-multiplier", type=float, default=None, help="DP-SGD noise multiplier (instead of a target)")
+    privacy.add_argument("--central-dp-noise", type=float, default=None, help="central DP noise multiplier (turns it on)")
+    privacy.add_argument("--central-dp-clip", type=float, default=None, help="central DP clipping norm of a site's update")
+    privacy.add_argument("--central-dp-clipping", choices=("server", "client"), default=None,
+                         help="where site updates are clipped (client with --secagg)")
+    privacy.add_argument("--secagg", action="store_true", default=None, help="secure aggregation (SecAgg+)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +62,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
         "learning-rate": args.lr, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains,
+        "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
+        "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
+        "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
     for item in args.set:
@@ -67,6 +80,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     if args.no_mkd:
         config["mkd"] = False
     try:
+        from privacy.coordinator import check_run_config
+
+        check_run_config(config)
         return RunSettings.from_run_config(config)
     except ValueError as err:
         raise UserError(str(err)) from None
