@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 SCENARIO = "fsar-paper"
 

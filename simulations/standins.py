@@ -419,7 +419,7 @@ def write_standins(
     return StandinSet(root, paths_file, standins)
 
 
-def check_standins(paths_file: str | Path, scenario: str = "fsar-paper") -> dict[str, tuple[int, int]]:
+def check_paths(paths_file: str | Path, scenario: str = "fsar-paper") -> dict[str, tuple[int, int]]:
     """Train and test sequence counts of every site the paths file names, read as a site does.
 
     Each data set goes through its real reader, the scenario's layout and its split, so

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulations.standins import SITES, check_standins, write_standins
+from simulations.standins import SITES, check_paths, write_standins
 from skeletons.clikit import UserError
 
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     counts: dict[str, tuple[int, int]] = {}
     if not args.no_check and len(sites) >= 2:
-        counts = check_standins(written.paths_file)
+        counts = check_paths(written.paths_file)
     print(f"{'site':<10} {'format':<8} {'sequences':>9} {'classes':>7} {'subjects':>8} {'train':>6} {'test':>5}  path")
     for s in written.standins:
         train, test = counts.get(s.site, (s.train, s.test))

@@ -17,7 +17,8 @@ import pytest
 
 from models.roles import PERSONAL_KINDS, parameter_kind
 from simulations.cli import main as sim_main
-from simulations.standins import SITES, check_standins, paths_toml, write_standins
+from simulations.cost import FULL_SCALE, ModelCost, estimate, measure
+from simulations.standins import SITES, check_paths, paths_toml, write_standins
 from skeletons.datasets import load_dataset
 from skeletons.partition import train_test_split
 from skeletons.standard_splits import split_dataset
@@ -98,7 +99,7 @@ def test_ntu60_standin_splits_agree_with_the_published_rule(standins):
 
 
 def test_sites_read_the_standins_through_the_scenario(standins):
-    counts = check_standins(standins.paths_file)
+    counts = check_paths(standins.paths_file)
     assert set(counts) == set(SITES)
     for site, (_, sequences, _, _, train, test) in EXPECTED.items():
         if train is not None:
@@ -176,9 +177,36 @@ def test_fsar_paper_runs_on_all_five_standins(tmp_path, standins):
 
 @pytest.mark.slow
 def test_fsar_paper_skips_and_reports_missing_data_sets(tmp_path, standins, caplog):
-    paths = _paths_file(tmp_path, standins, ["ntu60", "uestc"])
+    paths = _paths_file(tmp_path, standins, ["pku-mmd-2", "uestc"])
     with caplog.at_level(logging.WARNING, logger="skeletons.scenario"):
         results = _run(paths, tmp_path / "run")
-    assert set(results["sites"]) == {"ntu60", "uestc"}
+    assert set(results["sites"]) == {"pku-mmd-2", "uestc"}
+    assert results["sites"]["pku-mmd-2"]["test_examples"] == EXPECTED["pku-mmd-2"][5]
     reports = [r.getMessage() for r in caplog.records if r.name == "skeletons.scenario"]
-    assert any("ntu120, pku-mmd-1, pku-mmd-2" in m and "skipped" in m for m in reports)
+    assert any("ntu60, ntu120, pku-mmd-1" in m and "skipped" in m for m in reports)
+
+
+def test_cost_counts_a_training_step_as_about_three_forwards():
+    cost = measure(overrides=json.loads(SMALL_MODEL), batch=2, cpu_steps=0)
+    assert cost.parameters > 0 and cost.forward_flops > 0
+    assert 2.5 < cost.train_flops_first_round / cost.forward_flops < 3.5
+    assert cost.train_flops > 1.5 * cost.train_flops_first_round  # two distillation grains
+    one_tensor = 4 * 8 * 32 * 25 * 2  # the first block's output for one sample, float32
+    assert cost.activation_bytes > one_tensor
+    assert cost.cpu_samples_per_s is None and cost.grains == [1, 2]
+
+
+def test_cost_estimate_scales_with_the_data_sets():
+    cost = ModelCost(config={}, num_frames=64, num_persons=2, parameters=1_000_000, forward_flops=1e9,
+                     train_flops_first_round=3e9, train_flops=9e9, activation_bytes=2**20,
+                     cpu_samples_per_s=10.0, cpu_threads=2, grains=[1, 2])
+    est = estimate(cost, batch_size=32, local_epochs=2)
+    by_site = {s["site"]: s for s in est["sites"]}
+    ntu120 = next(s for s in FULL_SCALE if s.site == "ntu120")
+    assert by_site["ntu120"]["train_pflop"] == pytest.approx(2 * ntu120.train * 9e9 / 1e15)
+    assert by_site["ntu120"]["host_gib"] == pytest.approx((ntu120.train + ntu120.test) * 4 * 3 * 64 * 25 * 2 / 2**30)
+    times = est["round"]["gpu_time_s"]["H100 SXM"]
+    assert times["low"]["train_round_s"] > times["mid"]["train_round_s"] > times["high"]["train_round_s"]
+    total_train = sum(s.train for s in FULL_SCALE)
+    assert est["round"]["cpu_round_hours_here"] == pytest.approx(2 * total_train / 10.0 / 3600)
+    assert "ESTIMATE" in est["label"]
