@@ -83,9 +83,13 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         from privacy.coordinator import check_run_config
 
         check_run_config(config)
-        return RunSettings.from_run_config(config)
+        settings = RunSettings.from_run_config(config)
+        from server.federation import model_config_for  # a bad model fails before the engine starts
+
+        model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     except ValueError as err:
         raise UserError(str(err)) from None
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:

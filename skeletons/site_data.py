@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,10 @@ class SiteArrays:
         return len(self.classes)
 
 
-_MEMO: dict[str, SiteArrays] = {}
+# A few sites' arrays per process: Flower may hand any site to any simulation actor, so
+# an unbounded memo could hold every site in every actor (gigabytes at NTU scale).
+_MEMO: OrderedDict[str, SiteArrays] = OrderedDict()
+MEMO_SITES = int(os.environ.get("FEDSAR_SITE_MEMO", "4"))
 
 
 def load_site(
@@ -50,9 +55,14 @@ def load_site(
 ) -> SiteArrays:
     """Load, filter, partition, split and preprocess one site's data (memoized per process)."""
     key = json.dumps([spec.to_json(), str(data_root), layout, num_frames, num_persons, seed])
-    if key not in _MEMO:
-        _MEMO[key] = _load_site(spec, data_root, layout, num_frames, num_persons, seed)
-    return _MEMO[key]
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    arrays = _load_site(spec, data_root, layout, num_frames, num_persons, seed)
+    _MEMO[key] = arrays
+    while len(_MEMO) > max(MEMO_SITES, 1):
+        _MEMO.popitem(last=False)
+    return arrays
 
 
 def site_dataset(spec: SiteSpec, data_root: str | Path | None, layout: str, seed: int = 0) -> SkeletonDataset:
