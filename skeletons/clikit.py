@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 Commands = dict[str, tuple[str, str]]  # name -> (module, one-line help)
+OWN_PACKAGES = ("skeletons", "models", "strategies", "client", "server", "privacy", "simulations")
 
 
 def dispatch(prog: str, description: str, commands: Commands, argv: Sequence[str] | None) -> int:
@@ -37,9 +38,11 @@ def dispatch(prog: str, description: str, commands: Commands, argv: Sequence[str
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for package in OWN_PACKAGES:  # our INFO lines; libraries stay at WARNING unless -v
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(module.run(args) or 0)
     except UserError as err:
