@@ -47,6 +47,9 @@ def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> 
         "init_args": {"logging_level": logging.WARNING, "log_to_driver": True, "include_dashboard": False},
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not log.isEnabledFor(logging.DEBUG):  # one progress line per round instead of Flower's
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
