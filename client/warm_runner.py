@@ -69,7 +69,7 @@ def _run_task(address: str, token: str) -> None:
         os._exit(code)
 
 
-def serve(address: str, parent_pid: int | None, poll_s: float = 1.0, max_tasks: int = 2) -> int:
+def serve(address: str, parent_pid: int | None, poll_s: float = 0.5, max_tasks: int = 2) -> int:
     """Poll the SuperNode for ClientApp tasks until the parent process goes away."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.warm_runner", description=__doc__.splitlines()[0])
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port")
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is no longer the parent")
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between task polls")
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between task polls")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -103,23 +103,23 @@ class CoordinatorCollector:
         gauge("fedsar_sites_participating", "Sites whose update was aggregated in the last round", last.get("sites_ok"))
         gauge("fedsar_sites_failed", "Sites that failed or were dropped in the last round", last.get("sites_failed"))
         totals = doc.get("totals", {})
-        counter("fedsar_site_failures", "Site replies that failed or were dropped, all rounds", totals.get("sites_failed"))
+        counter("fedsar_failed_replies", "Site replies that failed or were dropped, all rounds", totals.get("sites_failed"))
         counter("fedsar_replies_dropped", "Replies rejected by screening, all rounds", totals.get("dropped"))
         counter("fedsar_bytes_received", "Parameter bytes received from sites", totals.get("uplink_bytes"))
         counter("fedsar_bytes_sent", "Parameter bytes sent to sites", totals.get("downlink_bytes"))
         gauge("fedsar_mean_accuracy", "Mean test accuracy of the sites' models, last evaluation", last.get("mean_accuracy"))
         train = last.get("train", {})
         evaluate = last.get("evaluate", {})
-        per_site("fedsar_site_train_loss", "Training loss each site reported in the last round",
+        per_site("fedsar_round_site_train_loss", "Training loss each site reported in the last round",
                  {s: m["train-loss"] for s, m in train.items() if "train-loss" in m})
-        per_site("fedsar_site_accuracy", "Test accuracy each site reported in the last evaluation",
+        per_site("fedsar_round_site_accuracy", "Test accuracy each site reported in the last evaluation",
                  {s: m["eval-accuracy"] for s, m in evaluate.items() if "eval-accuracy" in m})
-        per_site("fedsar_site_eval_loss", "Test loss each site reported in the last evaluation",
+        per_site("fedsar_round_site_eval_loss", "Test loss each site reported in the last evaluation",
                  {s: m["eval-loss"] for s, m in evaluate.items() if "eval-loss" in m})
         privacy = dict(doc.get("privacy_epsilon", {}))
         privacy.update(_read_json(self.state_dir / PRIVACY_FILE))
         per_site("fedsar_privacy_epsilon_spent", "Differential-privacy epsilon each site has spent so far", privacy)
-        per_site("fedsar_site_connected", "1 when the site's SuperNode is online", view.get("sites", {}))
+        per_site("fedsar_enrolled_site_online", "1 when the enrolled site's SuperNode is online", view.get("sites", {}))
         return out
 
 

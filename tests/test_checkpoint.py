@@ -202,8 +202,8 @@ def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
     assert "fedsar_round_duration_seconds_count 2.0" in text
     assert "fedsar_sites_participating 3.0" in text and "fedsar_sites_connected 2.0" in text
     assert 'fedsar_privacy_epsilon_spent{site="site-11"} 0.75' in text
-    assert 'fedsar_site_accuracy{site="site-12"}' in text and 'fedsar_site_train_loss{site="site-13"}' in text
-    assert 'fedsar_site_connected{site="site-13"} 0.0' in text
+    assert 'fedsar_round_site_accuracy{site="site-12"}' in text and 'fedsar_round_site_train_loss{site="site-13"}' in text
+    assert 'fedsar_enrolled_site_online{site="site-13"} 0.0' in text
     doc = read_status(tmp_path / "status.json")
     text = format_status(doc, {"alive": True, "pid": 1, "address": "localhost:9092", "run_id": 7},
                          [{"name": "site-11", "node_id": 1, "status": "online"}, {"name": "site-12", "node_id": 2, "status": "offline"}])
@@ -212,14 +212,14 @@ def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
 
 def test_example_federation_config_and_errors(tmp_path):
     config = load_federation_config(EXAMPLES / "federation.toml")
-    assert config.name == "tiny-demo" and len(config.sites) == 3
+    assert config.name == "tiny-demo" and [s.name for s in config.sites] == ["site-a", "site-b"]
     assert config.run["scenario"] == str(EXAMPLES / "tiny-scenario.toml")
     assert config.settings().min_sites == 2 and config.state_dir == EXAMPLES / "state" / "coordinator"
     text = (EXAMPLES / "federation.toml").read_text()
     for change, message in (
         (("[run]", "[run]\nout-dir = 'x'"), "sets out-dir, which fedsar-server sets itself"),
         (("port = 9092", "port = 99999"), "port = 99999 is not a port number"),
-        (('name = "site-c"', 'name = "site-b"'), "site names repeat"),
+        (('name = "site-b"', 'name = "site-a"'), "site names repeat"),
         (("min-sites = 2", "min-sites = 'two'"), "min-sites"),
         (("[[sites]]", "[[sitez]]"), "unknown section"),
     ):
@@ -227,3 +227,31 @@ def test_example_federation_config_and_errors(tmp_path):
         path.write_text(text.replace(*change, 1))
         with pytest.raises(FederationConfigError, match=message):
             load_federation_config(path)
+
+
+def test_dashboard_queries_only_exported_metrics(tmp_path):
+    """Every metric the Grafana dashboard plots is one the coordinator or a site exports."""
+    import re
+
+    from client.metrics import SiteCollector, record_exchange  # noqa: F401 - the site exporter
+
+    strategy = make_strategy()
+    hooks = DeploymentHooks.from_settings(settings_for(tmp_path, resume=False))
+    arrays = hooks.start(strategy, start_arrays())[1]
+    hooks.round_end(1, play_round(strategy, arrays, 1), strategy)
+    (tmp_path / "privacy-spent.json").write_text('{"site-11": 1.0}')
+    site_doc = {"site": "s", "last_round": 1, "messages": {"train": 1, "evaluate": 1}, "failures": 0,
+                "bytes_received": 1, "bytes_sent": 1, "privacy_epsilon": {"s": 0.5},
+                "train": {"train-loss": 1.0, "train-accuracy": 0.5, "train-seconds": 1.0},
+                "evaluate": {"eval-loss": 1.0, "eval-accuracy": 0.5}}
+    (tmp_path / "site-metrics.json").write_text(json.dumps(site_doc))
+    registry = CollectorRegistry(auto_describe=False)
+    view = {"up": 1.0, "enrolled": 3, "connected": 3, "sites": {"site-11": 1.0}}
+    registry.register(CoordinatorCollector(tmp_path, tmp_path / "status.json", lambda: view))
+    registry.register(SiteCollector("s", tmp_path / "site-metrics.json", lambda: {"up": 1.0, "restarts": 0.0}))
+    exported = {line.split("{")[0].split(" ")[0] for line in generate_latest(registry).decode().splitlines()
+                if line and not line.startswith("#")}
+    dashboard = json.loads((EXAMPLES.parent / "grafana-dashboard.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
+               for name in re.findall(r"fedsar_[a-z_]+", target["expr"])}
+    assert queried and queried <= exported, sorted(queried - exported)

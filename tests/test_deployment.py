@@ -79,7 +79,7 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
     with urllib.request.urlopen(f"http://127.0.0.1:{fed.metrics_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert "fedsar_rounds_completed_total 1.0" in metrics and "fedsar_sites_enrolled 4.0" in metrics
-    assert 'fedsar_site_accuracy{site="site-a"}' in metrics and "fedsar_replies_dropped_total 1.0" in metrics
+    assert 'fedsar_round_site_accuracy{site="site-a"}' in metrics and "fedsar_replies_dropped_total 1.0" in metrics
 
     # a SuperNode without TLS is refused by the TLS-only SuperLink
     plain = subprocess.run(

@@ -96,7 +96,7 @@ def test_errors_name_the_file_and_field(site_dir, change, message):
 
 
 def test_example_site_configs_load():
-    for name in ("site-a", "site-b", "site-c"):
+    for name in ("site-a", "site-b"):
         site = load_site_config(EXAMPLES / f"{name}.toml")
         assert site.name == name and site.address == "localhost:9092"
 
