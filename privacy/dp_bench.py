@@ -55,19 +55,8 @@ def _loss_fn(mkd: bool) -> Callable[..., torch.Tensor]:
     return lambda model, x, y, teacher: training_loss(model, x, y, recipe, teacher)[0]
 
 
-def time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def bench_mode(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, mkd: bool) -> dict[str, Any]:
-    """Median seconds per step of ``mode`` (or the error that stopped it)."""
+def make_step(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, mkd: bool) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    """A row describing ``mode`` and a function doing one training step (None if refused)."""
     from opacus import PrivacyEngine
 
     model = _model(args.preset, args.overrides, args.classes, args.seed)
@@ -105,14 +94,28 @@ def bench_mode(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Te
                     dp_opt.zero_grad(set_to_none=True)
                     loss_fn(private, x, y, teacher).backward()
                     dp_opt.step()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            times = time_steps(step, args.steps, args.warmup)
+        for _ in range(args.warmup):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                step()
     except Exception as err:  # noqa: BLE001 - a mode the model does not support is a result too
         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-        return row
-    row.update(seconds=statistics.median(times), min_s=min(times), max_s=max(times), steps=len(times))
-    return row
+        return row, None
+    return row, step
+
+
+def time_round_robin(steps: dict[int, Callable[[], None]], repeats: int) -> dict[int, list[float]]:
+    """One step of every mode in turn, ``repeats`` times: a shared, fluctuating CPU load
+    then weighs on all modes alike, which keeps the ratios fair."""
+    times: dict[int, list[float]] = {i: [] for i in steps}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(repeats):
+            for i, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[i].append(time.perf_counter() - t0)
+    return times
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--frames", type=int, default=52)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per mode (median reported)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per mode, taken in turn (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--modes", default=",".join(MODES))
@@ -140,9 +143,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise SystemExit(f"--modes: unknown {unknown}; choose from {MODES}")
-    rows = [bench_mode(m, args, x, y, mkd=False) for m in modes]
-    if args.mkd:
-        rows += [bench_mode(m, args, x, y, mkd=True) for m in ("plain", "hooks") if m in modes]
+    plan = [(m, False) for m in modes] + ([(m, True) for m in ("plain", "hooks") if m in modes] if args.mkd else [])
+    made = [make_step(m, args, x, y, mkd) for m, mkd in plan]
+    rows = [row for row, _ in made]
+    times = time_round_robin({i: step for i, (_, step) in enumerate(made) if step is not None}, args.steps)
+    for i, samples in times.items():
+        rows[i].update(seconds=statistics.median(samples), min_s=min(samples), max_s=max(samples), steps=len(samples))
     base = {r["mkd"]: r["seconds"] for r in rows if r["mode"] == "plain" and "seconds" in r}
     for r in rows:
         if "seconds" in r and r["mkd"] in base:
