@@ -239,3 +239,33 @@ def test_a_declining_site_is_left_out_and_the_round_completes():
     record = strategy.record_for(2)
     assert record.sites_ok == 2 and record.sites_failed == 1
     assert "site-3" in record.dropped[0] and "over the budget" in record.dropped[0]
+
+
+@pytest.mark.slow
+def test_sites_at_their_budget_decline_in_a_simulation_and_the_rounds_go_on(tmp_path):
+    """Three sites on Flower's simulation engine with one budget (epsilon 3, fixed noise 1.5).
+    Sites a and b (18 examples: sample rate 1/3) reach epsilon 2.77 in round 1 and would
+    reach 3.64 in round 2, so they decline it; site c (36 examples: rate 1/5) stays at
+    2.88 after round 2 and trains on; round 2 aggregates c alone."""
+    from pathlib import Path
+
+    from server.settings import RunSettings
+    from simulations.engine import simulate
+    from skeletons.scenario import load_scenario
+
+    path = Path(__file__).parent / "scenarios" / "privacy-tiny.toml"
+    scenario = load_scenario(path)
+    config = dict(scenario.defaults)
+    config.update({"scenario": str(path), "strategy": "fedavg", "device": "cpu", "out-dir": str(tmp_path),
+                   "num-server-rounds": 2, "dp-noise-multiplier": 1.5, "dp-epsilon": 3.0})
+    results = simulate(scenario, RunSettings.from_run_config(config), quiet=True)
+    first, second = results["rounds"]
+    assert first["sites_ok"] == 3 and first["dropped"] == []
+    assert second["sites_ok"] == 1
+    assert sorted(d.split(":")[0] for d in second["dropped"]) == ["a", "b"]
+    assert all("declined the round" in d and "over the budget 3.0" in d for d in second["dropped"])
+    sites = results["privacy"]["sites"]
+    assert sites["a"]["declined_rounds"] == 1 and sites["b"]["declined_rounds"] == 1
+    assert sites["c"]["declined_rounds"] == 0 and 2.5 < sites["c"]["epsilon"] <= 3.0
+    assert sites["a"]["epsilon"] == pytest.approx(sites["b"]["epsilon"]) and sites["a"]["epsilon"] < 3.0
+    assert all(s["final_accuracy"] is not None for s in results["sites"].values()), "every site still evaluates"
