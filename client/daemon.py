@@ -39,7 +39,7 @@ REFUSALS = {
 }
 RESTART_MAX_S = 30.0
 EXIT_REFUSED = 3
-REFUSALS_BEFORE_GIVING_UP = 3  # a coordinator that just restarted may not have enrolled its sites yet
+REFUSALS_BEFORE_GIVING_UP = 4  # a coordinator that just restarted may not have enrolled its sites yet
 
 
 class SiteDaemonError(RuntimeError):

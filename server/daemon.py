@@ -134,7 +134,7 @@ def superlink_command(config: FederationConfig) -> list[str]:
         "--isolation", "subprocess",
         "--host", config.host,
         "--port", str(config.port),
-        "--database", str(config.database),
+        "--database", config.database,
     ]
 
 
@@ -271,7 +271,10 @@ class Coordinator:
         previous = json.loads(self.config.daemon_file.read_text()) if self.config.daemon_file.is_file() else {}
         old = previous.get("run_id")
         if old:
-            entry = self.control.run(int(old))
+            try:
+                entry = self.control.run(int(old))
+            except ControlError:
+                entry = None  # a SuperLink without a database does not know the old run
             if entry is not None and not entry.finished:
                 self.control.stop_run(int(old))
                 self.say(f"stopped run {old} left over from the previous coordinator process")

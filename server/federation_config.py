@@ -21,7 +21,7 @@ KNOWN = {
     "federation": {"name", "state_dir"},
     "coordinator": {
         "host", "port", "address", "certificate", "private_key", "ca_certificate", "metrics_port",
-        "metrics_host", "keep_running",
+        "metrics_host", "keep_running", "database",
     },
 }
 # Run-config keys the daemon sets itself.
@@ -55,6 +55,7 @@ class FederationConfig:
     metrics_host: str
     keep_running: bool
     run: dict[str, Any]
+    database_mode: str = "memory"
     sites: list[EnrolledSite] = field(default_factory=list)
 
     @property
@@ -82,8 +83,9 @@ class FederationConfig:
         return self.state_dir / "app"
 
     @property
-    def database(self) -> Path:
-        return self.state_dir / "superlink.db"
+    def database(self) -> str:
+        """The SuperLink's ``--database``: in memory, or a SQLite file in the state folder."""
+        return ":flwr-in-memory:" if self.database_mode == "memory" else str(self.state_dir / "superlink.db")
 
     def settings(self) -> RunSettings:
         return RunSettings.from_run_config(self.run)
@@ -144,6 +146,10 @@ def load_federation_config(path: str | Path) -> FederationConfig:
     if not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536:
         raise FederationConfigError(f"{where} metrics_port = {metrics_port!r} is not a port number (0: off)")
 
+    database_mode = coord.get("database", "memory")
+    if database_mode not in ("memory", "file"):
+        raise FederationConfigError(f"{where} database = {database_mode!r}: choose memory or file")
+
     run = raw.get("run")
     if not isinstance(run, dict):
         raise FederationConfigError(f"{source}: missing section [run] (the run config: scenario, strategy, num-server-rounds, ...)")
@@ -184,5 +190,5 @@ def load_federation_config(path: str | Path) -> FederationConfig:
         private_key=_path(base, _need(coord, "private_key", str, where)),
         ca_certificate=_path(base, _need(coord, "ca_certificate", str, where)),
         metrics_port=metrics_port, metrics_host=str(coord.get("metrics_host", "0.0.0.0")),
-        keep_running=bool(coord.get("keep_running", False)), run=run, sites=sites,
+        keep_running=bool(coord.get("keep_running", False)), run=run, sites=sites, database_mode=database_mode,
     )
