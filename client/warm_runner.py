@@ -48,6 +48,16 @@ def _reap(children: set[int]) -> None:
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 log.warning("task process %d ended with exit code %d", pid, code)
+                _count_failure()
+
+
+def _count_failure() -> None:
+    """A failed task shows in the site's metrics (``fedsar_site_failures_total``)."""
+    from client.metrics import METRICS_ENV, update_metrics
+
+    path = os.environ.get(METRICS_ENV)
+    if path:
+        update_metrics(path, lambda doc: doc.update(failures=int(doc.get("failures", 0)) + 1))
 
 
 def _run_task(address: str, token: str) -> None:

@@ -255,3 +255,29 @@ def test_dashboard_queries_only_exported_metrics(tmp_path):
     queried = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
                for name in re.findall(r"fedsar_[a-z_]+", target["expr"])}
     assert queried and queried <= exported, sorted(queried - exported)
+
+
+def test_app_bundle_carries_the_run_config_and_no_code(tmp_path):
+    import tomllib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    from server.daemon import superlink_command, write_app
+
+    config = load_federation_config(EXAMPLES / "federation.toml")
+    config.state_dir = tmp_path / "state"
+    app = write_app(config, resume=True)
+    project = tomllib.loads((app / "pyproject.toml").read_text())
+    assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
+    run = project["tool"]["flwr"]["app"]["config"]
+    assert run["resume"] is True and run["federation"] == "tiny-demo" and run["num-server-rounds"] == 3
+    assert run["checkpoint-dir"] == str(tmp_path / "state" / "checkpoints")
+    assert RunSettings.from_run_config(run).extra["status-file"] == str(tmp_path / "state" / "status.json")
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app))).namelist()
+    assert not [n for n in names if n.endswith(".py")]
+    cmd = superlink_command(config)
+    assert {"--enable-supernode-auth", "--disable-runtime-dependency-installation"} <= set(cmd)
+    assert "--insecure" not in cmd and cmd[cmd.index("--ssl-certfile") + 1] == str(config.certificate)

@@ -224,3 +224,18 @@ def test_privacy_spent_reaches_the_daemon_collector(tmp_path, monkeypatch):
     assert families["fedsar_site_privacy_epsilon_spent"].samples[0].value == 1.25
     assert families["fedsar_site_up"].samples[0].value == 1.0
     assert families["fedsar_site_supernode_restarts"].samples[0].value == 2.0
+
+
+def test_site_daemon_spots_refusals_and_builds_a_tls_authenticated_supernode(site_dir):
+    from client.daemon import SiteDaemon, refusal_in
+
+    assert "not enrolled" in refusal_in("Failed to activate SuperNode.\n[code: 2004] ...")
+    assert "not signed" in refusal_in("ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert refusal_in("Connection attempt failed, retrying in 3.40 seconds") is None
+    site = load_site_config(site_dir / "site.toml")
+    cmd = SiteDaemon(site).supernode_command()
+    assert "--insecure" not in cmd
+    assert cmd[cmd.index("--root-certificates") + 1] == str(site.ca_certificate)
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(site.private_key)
+    assert cmd[cmd.index("--node-config") + 1] == f'site-config="{site.source}"'
+    assert cmd[cmd.index("--isolation") + 1] == "process"  # the warm runner executes the tasks
