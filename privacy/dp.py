@@ -186,6 +186,13 @@ def noise_for_budget(history: list, mechanism: str, target_epsilon: float, delta
 
     With an empty history this is Opacus's ``get_noise_multiplier``.
     """
+    with warnings.catch_warnings():  # the search visits small noise levels where RDP's
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")  # best order is the last
+        return _noise_for_budget(history, mechanism, target_epsilon, delta, sample_rate, steps, tolerance)
+
+
+def _noise_for_budget(history: list, mechanism: str, target_epsilon: float, delta: float,
+                      sample_rate: float, steps: int, tolerance: float) -> float:
     if not history:
         from opacus.accountants.utils import get_noise_multiplier
 
