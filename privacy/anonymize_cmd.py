@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("bones", "learned"), default="bones")
     parser.add_argument("--keep-ratio", type=float, default=1.0,
                         help="share of joint-time tokens the learned anonymizer keeps (0 < k <= 1)")
+    parser.add_argument("--mix", type=float, default=None,
+                        help="share of the predicted action's prototype in the learned output (default: the model's)")
     parser.add_argument("--model", type=Path, default=None, help="a saved learned anonymizer (.json or .npz)")
     parser.add_argument("--fit-model", type=Path, default=None,
                         help="fit a learned anonymizer on this data set and save it here first")
@@ -76,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
                 load_anonymizer(model_path)
             except (FileNotFoundError, ValueError) as err:
                 raise UserError(str(err)) from None
-        config = AnonymizationConfig(method="learned", keep_ratio=args.keep_ratio, model_path=str(model_path))
+        try:
+            config = AnonymizationConfig(method="learned", keep_ratio=args.keep_ratio, model_path=str(model_path),
+                                         mix=args.mix)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     else:
         try:
             config = AnonymizationConfig(method="bones", keep_ratio=args.keep_ratio, layout=data.layout.name, bones=bones)

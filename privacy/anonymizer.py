@@ -10,7 +10,14 @@ A token is one joint over a window of ``window`` frames. The :class:`Anonymizer`
    nothing. ``keep_ratio`` is an input of the forward pass (training draws it at random),
    so it can be changed at deployment without retraining;
 3. **anonymizes**: a small spatio-temporal graph network adds a smooth displacement to
-   the sparsified skeleton, then forward kinematics restores the canonical bone lengths.
+   the sparsified skeleton; then the skeleton is blended with the *prototype* of the
+   action a built-in recognizer predicts (the mean canonical-body performance of that
+   action over the training subjects, weighted by the predicted probabilities), with
+   share ``mix`` (adjustable at deployment like ``keep_ratio``): a person's own way of
+   moving is largely replaced by the average performer's, which freshly trained
+   re-identifiers cannot undo, while the action stays. Forward kinematics finally
+   restores the canonical bone lengths. The prototypes are averages over the site's
+   subjects; they stay in the model file, which therefore stays on the site.
 
 Training (:func:`fit_anonymizer`) alternates between adversaries and the anonymizer.
 The privacy adversary (a re-identifier with attribute heads: a motion CNN plus an MLP on
@@ -20,7 +27,12 @@ the canonical-body input for ``action_teacher_epochs`` and then frozen: a recogn
 that co-adapts with the anonymizer lets it hide the action in patterns no fresh
 classifier can read (``action_teacher_epochs=0`` co-trains it anyway); the anonymizer then minimizes
 ``action_weight * CE(action) + privacy_weight * (P(reid) + attribute_weight * sum P(attr))
-+ reconstruction_weight * MSE + smoothness_weight * roughness``, where ``P`` pushes the
++ reconstruction_weight * MSE(input) + prototype_weight * MSE(action prototype)
++ smoothness_weight * roughness``. The prototype of an action is the mean canonical-body
+sequence of all training performances of it: pulling towards it replaces a person's way
+of moving by the average performer's, which a freshly trained re-identifier cannot undo
+(fooling only the adversary it trained against can). Labels are needed only to train;
+the network anonymizes unlabeled data. ``P`` pushes the
 adversary towards a uniform guess (``privacy_loss="uniform"``) or maximizes its error
 (``"neg_ce"``). The privacy adversary is re-initialized every
 ``adversary_reset_every`` epochs so that the anonymizer cannot overfit one attacker.
@@ -38,7 +50,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,6 +101,11 @@ class AnonymizerConfig:
     attribute_weight: float = 1.0
     reconstruction_weight: float = 0.5
     smoothness_weight: float = 1.0
+    prototype_weight: float = 0.0
+    mix: float = 0.8  # share of the predicted action's prototype in the output (0: none)
+    num_classes: int = 0  # set by fit_anonymizer: actions, persons and frames of the
+    num_persons: int = 1  # prototypes the model carries
+    frames: int = 0
     keep_ratio_min: float = 0.3
     keep_ratio_max: float = 1.0
     adversary_reset_every: int = 4
@@ -101,6 +118,10 @@ class AnonymizerConfig:
             self.bones = BoneNormalizeConfig.from_dict(self.bones)
         if self.window < 1:
             raise ValueError(f"AnonymizerConfig.window must be >= 1, got {self.window}")
+        if not 0.0 <= self.mix <= 1.0:
+            raise ValueError(f"AnonymizerConfig.mix must be in [0, 1], got {self.mix}")
+        if self.mix > 0 and self.action_teacher_epochs < 1:
+            raise ValueError("AnonymizerConfig.mix > 0 needs action_teacher_epochs >= 1 (the action recognizer)")
         if self.adversary_steps < 1:
             raise ValueError(f"AnonymizerConfig.adversary_steps must be >= 1, got {self.adversary_steps}")
         if self.privacy_loss not in ("uniform", "neg_ce"):
@@ -110,7 +131,7 @@ class AnonymizerConfig:
         if self.keep_ratio_min > self.keep_ratio_max:
             raise ValueError("AnonymizerConfig.keep_ratio_min is above keep_ratio_max")
         for f in ("action_weight", "privacy_weight", "attribute_weight", "reconstruction_weight",
-                  "smoothness_weight"):
+                  "smoothness_weight", "prototype_weight"):
             if getattr(self, f) < 0:
                 raise ValueError(f"AnonymizerConfig.{f} must be >= 0, got {getattr(self, f)}")
 
@@ -143,6 +164,7 @@ class AnonymizationConfig:
     layout: str = "kinect-v1"
     bones: BoneNormalizeConfig = field(default_factory=BoneNormalizeConfig)
     batch_size: int = 256
+    mix: float | None = None  # learned: share of the action prototype (None: the model's)
 
     def __post_init__(self) -> None:
         if isinstance(self.bones, dict):
@@ -201,6 +223,38 @@ class Anonymizer(nn.Module):
         self.register_buffer("canon", torch.from_numpy(canonical_pose(layout, unit).T.astype(np.float32)))  # [3,V]
         self.register_buffer("lengths", torch.from_numpy(canonical_bone_lengths(layout, unit).astype(np.float32)))
         self._order = order
+        self.teacher: nn.ModuleList | None = None
+        if config.num_classes > 0:
+            channels = 3 * layout.num_joints * config.num_persons
+            self.teacher = nn.ModuleList([
+                MotionCNN(channels, [config.num_classes], config.adversary_hidden),
+                _StatsAdversary(channels, [config.num_classes], config.adversary_hidden),
+            ])
+            self.register_buffer("prototypes", torch.zeros(
+                config.num_classes, 3, max(1, config.frames), layout.num_joints, config.num_persons))
+
+    def train(self, mode: bool = True) -> "Anonymizer":
+        """The action recognizer stays in evaluation mode: it is trained once, then frozen."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def predicted_prototype(self, x: torch.Tensor) -> torch.Tensor:
+        """Prototype sequences weighted by the recognizer's action probabilities for ``x``."""
+        assert self.teacher is not None
+        if x.shape[4] != self.config.num_persons:
+            raise ValueError(f"arrays have {x.shape[4]} persons, the anonymizer was trained on "
+                             f"{self.config.num_persons}")
+        probs = sum(F.softmax(part(x)[0], dim=1) for part in self.teacher) / len(self.teacher)
+        protos = self.prototypes
+        if protos.shape[2] != x.shape[2]:  # other frame count: resample the prototypes in time
+            k, c, t0, v, m = protos.shape
+            flat = protos.permute(0, 1, 3, 4, 2).reshape(k, c * v * m, t0)
+            flat = F.interpolate(flat, size=x.shape[2], mode="linear", align_corners=True)
+            protos = flat.view(k, c, v, m, x.shape[2]).permute(0, 1, 4, 2, 3)
+        return torch.einsum("nk,kctvm->nctvm", probs, protos)
 
     # -- tokens ---------------------------------------------------------------
     def num_tokens(self, frames: int) -> int:
@@ -231,8 +285,15 @@ class Anonymizer(nn.Module):
         return mask.view(b, tw, v)
 
     # -- forward ----------------------------------------------------------------
-    def forward(self, x: torch.Tensor, keep_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anonymize canonical-body ``x [N,3,T,V,M]``; returns (output, token mask [N,M,Tw,V])."""
+    def forward(self, x: torch.Tensor, keep_ratio: float, mix: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anonymize canonical-body ``x [N,3,T,V,M]``; returns (output, token mask [N,M,Tw,V]).
+
+        ``mix`` (default: the config's) is the share of the predicted action's prototype.
+        """
+        mix = self.config.mix if mix is None else float(mix)
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {mix}")
         n, c, t, v, m = x.shape
         p = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)
         present = (p.abs().sum(dim=(1, 3)) > 0).float()  # [B,T] frames where the person is
@@ -246,6 +307,9 @@ class Anonymizer(nn.Module):
         sparse = frame_gate.unsqueeze(1) * p + (1 - frame_gate.unsqueeze(1)) * filled
         h = torch.cat([sparse / self.step, frame_gate.unsqueeze(1)], dim=1)
         moved = sparse + self.step * self.out(self.transform(h))
+        if self.teacher is not None and mix > 0:
+            proto = self.predicted_prototype(x).permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)
+            moved = (1 - mix) * moved + mix * proto
         out = self._kinematics(moved) * present[:, None, :, None]
         out = out.view(n, m, c, t, v).permute(0, 2, 3, 4, 1)
         return out, hard.view(n, m, hard.shape[1], v)
@@ -291,12 +355,13 @@ class Anonymizer(nn.Module):
         return normalize_bones(x, self.layout, self.config.bones)
 
     @torch.no_grad()
-    def anonymize(self, x: np.ndarray, keep_ratio: float = 1.0, batch_size: int = 256) -> np.ndarray:
+    def anonymize(self, x: np.ndarray, keep_ratio: float = 1.0, batch_size: int = 256,
+                  mix: float | None = None) -> np.ndarray:
         """Anonymized copy of ``x [N,3,T,V,M]`` (float32, same shape and layout)."""
         _positive_ratio("keep_ratio", keep_ratio)
         xn = self.prepare(x)
         self.eval()
-        outs = [self(torch.from_numpy(xn[i : i + batch_size]), keep_ratio)[0].numpy()
+        outs = [self(torch.from_numpy(xn[i : i + batch_size]), keep_ratio, mix)[0].numpy()
                 for i in range(0, len(xn), batch_size)]
         return np.concatenate(outs, axis=0) if outs else xn.copy()
 
@@ -358,6 +423,15 @@ def _privacy_term(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torc
     return -torch.clamp(ce, max=2.0 * math.log(logits.shape[1]))
 
 
+def _action_prototypes(xn: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Mean canonical-body sequence of every action ``[K,3,T,V,M]``: the average performer."""
+    k = int(actions.max()) + 1
+    sums = torch.zeros((k,) + tuple(xn.shape[1:]))
+    sums.index_add_(0, actions, xn)
+    counts = torch.bincount(actions, minlength=k).clamp_min(1).float()
+    return sums / counts.view(-1, 1, 1, 1, 1)
+
+
 def _roughness(out: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
     """Mean squared acceleration of the displacement the anonymizer added."""
     d = (out - x) / step
@@ -391,9 +465,15 @@ def fit_anonymizer(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     xn = torch.from_numpy(normalize_bones(x, layout, cfg.bones))
+    num_actions = int(actions.max()) + 1
+    if cfg.mix > 0:
+        cfg = replace(cfg, num_classes=num_actions, num_persons=int(x.shape[4]), frames=int(x.shape[2]))
+    else:
+        cfg = replace(cfg, num_classes=0)
     model = Anonymizer(layout, cfg)
     priv_classes = [int(subjects.max()) + 1] + [max(1, int(a.max()) + 1) for a in attr_codes]
     y_act = torch.from_numpy(actions)
+    prototypes = _action_prototypes(xn, y_act)
     y_priv = torch.from_numpy(np.stack([subjects] + attr_codes, axis=1))
     channels = 3 * layout.num_joints * x.shape[4]
 
@@ -407,8 +487,12 @@ def fit_anonymizer(
         return net, torch.optim.AdamW(net.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
 
     priv, opt_priv = new_adversary(priv_classes, cfg.seed + 1)
-    util, opt_util = new_adversary([int(actions.max()) + 1], cfg.seed + 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    util, opt_util = new_adversary([num_actions], cfg.seed + 2)
+    if model.teacher is not None:  # the recognizer becomes part of the model (prototype choice)
+        model.teacher.load_state_dict(util.state_dict())
+        util = model.teacher
+        opt_util = torch.optim.AdamW(util.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
+        model.prototypes.copy_(prototypes)
 
     def batches() -> list[torch.Tensor]:
         perm = torch.randperm(len(xn), generator=gen)
@@ -424,6 +508,7 @@ def fit_anonymizer(
     util.eval()
     for p in util.parameters():
         p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
 
     def adversary_step(out: torch.Tensor, idx: torch.Tensor) -> None:
         adversary_step_on(priv, opt_priv, out, y_priv[idx])
@@ -457,8 +542,10 @@ def fit_anonymizer(
                     privacy = privacy + cfg.attribute_weight * _privacy_term(p_logits[h], y_priv[idx, h], cfg.privacy_loss)
             recon = F.mse_loss(out / model.step, xb / model.step)
             rough = _roughness(out, xb, model.step)
+            proto = F.mse_loss(out / model.step, prototypes[y_act[idx]] / model.step)
             loss = (cfg.action_weight * act + cfg.privacy_weight * privacy
-                    + cfg.reconstruction_weight * recon + cfg.smoothness_weight * rough)
+                    + cfg.reconstruction_weight * recon + cfg.smoothness_weight * rough
+                    + cfg.prototype_weight * proto)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -582,4 +669,4 @@ def anonymize_arrays(x: np.ndarray, config: AnonymizationConfig, layout: Layout 
         _CACHE[key] = model
     if layout is not None and layout.name != model.layout.name:
         raise ValueError(f"arrays are in layout {layout.name!r}, the anonymizer {json_path} expects {model.layout.name!r}")
-    return model.anonymize(x, config.keep_ratio, config.batch_size)
+    return model.anonymize(x, config.keep_ratio, config.batch_size, config.mix)

@@ -314,11 +314,14 @@ def audit_arrays(data: AuditData, config: AuditConfig | None = None,
 
 def cross_fit_anonymize(data: AuditData, config: AnonymizerConfig, keep_ratios: Sequence[float],
                         folds: int = 2, attributes: Sequence[str] | None = None,
-                        progress: Callable[[str], None] | None = None) -> dict[float, np.ndarray]:
-    """Protected arrays per keep ratio; each subject's sequences are anonymized by a model
-    trained on the other folds' subjects only (``folds=1``: one model fitted on all)."""
+                        progress: Callable[[str], None] | None = None,
+                        mixes: Sequence[float] | None = None) -> dict[tuple[float, float], np.ndarray]:
+    """Protected arrays per (keep ratio, prototype mix); each subject's sequences are
+    anonymized by a model trained on the other folds' subjects only (``folds=1``: one
+    model fitted on all, which then has seen the audited people)."""
     names = sorted(attributes if attributes is not None else data.attributes)
-    out = {float(k): np.zeros_like(data.x) for k in keep_ratios}
+    mixes = [config.mix] if mixes is None else list(mixes)
+    out = {(float(k), float(m)): np.zeros_like(data.x) for k in keep_ratios for m in mixes}
     fold = (np.zeros(len(data.x), dtype=np.int64) if folds == 1
             else subject_folds(data.subjects, _strata(data), folds, config.seed + 11))
     for f in np.unique(fold):
@@ -330,8 +333,8 @@ def cross_fit_anonymize(data: AuditData, config: AnonymizerConfig, keep_ratios: 
         model = fit_anonymizer(data.x[train], data.actions[train], subj, attrs, data.layout, config)
         if progress:
             progress(f"anonymizer fold {int(f) + 1}/{len(np.unique(fold))} fitted in {time.perf_counter() - t0:.0f}s")
-        for k in out:
-            out[k][test] = model.anonymize(data.x[test], k)
+        for k, m in out:
+            out[(k, m)][test] = model.anonymize(data.x[test], k, mix=m)
     return out
 
 
@@ -349,6 +352,7 @@ class AuditPlan:
     methods: tuple[str, ...] = ("bones",)
     keep_ratios: tuple[float, ...] = (1.0,)
     privacy_weights: tuple[float, ...] = (1.0,)
+    mixes: tuple[float, ...] = (AnonymizerConfig.mix,)
     bones: BoneNormalizeConfig = field(default_factory=BoneNormalizeConfig)
     anonymizer: AnonymizerConfig = field(default_factory=AnonymizerConfig)
     anonymizer_folds: int = 2
@@ -363,6 +367,9 @@ class AuditPlan:
         for w in self.privacy_weights:
             if w < 0:
                 raise ValueError(f"privacy weight {w} must be >= 0")
+        for m in self.mixes:
+            if not 0.0 <= m <= 1.0:
+                raise ValueError(f"prototype mix {m} must be in [0, 1]")
 
 
 def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = None,
@@ -378,16 +385,18 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
     if "bones" in plan.methods:
         result = audit_arrays(data.with_x(normalize_bones(data.x, data.layout, plan.bones)), cfg)
         say(_line("bones", result))
-        sweep.append({"method": "bones", "keep_ratio": 1.0, "privacy_weight": 0.0, **result})
+        sweep.append({"method": "bones", "keep_ratio": 1.0, "mix": 0.0, "privacy_weight": 0.0, **result})
         by_method["bones"] = result
     if "learned" in plan.methods:
         for weight in plan.privacy_weights:
-            anon_cfg = replace(plan.anonymizer, privacy_weight=float(weight))
-            protected = cross_fit_anonymize(data, anon_cfg, plan.keep_ratios, plan.anonymizer_folds, progress=say)
-            for keep, xp in protected.items():
+            anon_cfg = replace(plan.anonymizer, privacy_weight=float(weight), mix=max(plan.mixes))
+            protected = cross_fit_anonymize(data, anon_cfg, plan.keep_ratios, plan.anonymizer_folds,
+                                            progress=say, mixes=plan.mixes)
+            for (keep, mix), xp in protected.items():
                 result = audit_arrays(data.with_x(xp), cfg)
-                say(_line(f"learned keep={keep:g} w={weight:g}", result))
-                sweep.append({"method": "learned", "keep_ratio": keep, "privacy_weight": float(weight), **result})
+                say(_line(f"learned keep={keep:g} mix={mix:g} w={weight:g}", result))
+                sweep.append({"method": "learned", "keep_ratio": keep, "mix": mix,
+                              "privacy_weight": float(weight), **result})
                 by_method.setdefault("learned", result)
     primary = by_method.get("learned", by_method.get("bones"))
     return {
@@ -399,12 +408,17 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
             "methods": list(plan.methods),
             "keep_ratios": list(plan.keep_ratios),
             "privacy_weights": list(plan.privacy_weights),
+            "mixes": list(plan.mixes),
             "bones": plan.bones.to_dict(),
             "anonymizer": plan.anonymizer.to_dict(),
             "anonymizer_folds": plan.anonymizer_folds,
         },
         "audit_config": asdict(cfg),
     }
+
+
+def _setting(s: dict[str, Any]) -> str:
+    return f"learned k={s['keep_ratio']:g} mix={s.get('mix', 0):g} w={s['privacy_weight']:g}"
 
 
 def _fmt(v: Any) -> str:
@@ -423,7 +437,7 @@ def format_table(report: dict[str, Any]) -> str:
     head = ["setting", "reid@1", "reid@5", "linkage", "action@1", *attrs]
     rows = [["raw", *(_fmt(report["raw"][m]) for m in METRICS), *(_fmt(report["raw"]["attributes"][a]) for a in attrs)]]
     for s in report["sweep"]:
-        name = "bones" if s["method"] == "bones" else f"learned k={s['keep_ratio']:g} w={s['privacy_weight']:g}"
+        name = "bones" if s["method"] == "bones" else _setting(s)
         rows.append([name, *(_fmt(s[m]) for m in METRICS), *(_fmt(s["attributes"].get(a)) for a in attrs)])
     chance = report["raw"]["chance"]
     rows.append(["chance", *(_fmt(chance[m]) for m in METRICS), *(_fmt(chance["attributes"].get(a)) for a in attrs)])
@@ -434,7 +448,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot_tradeoff(report: dict[str, Any], path: str) -> None:
-    """Re-identification and action accuracy over keep ratio and privacy weight (PNG)."""
+    """Re-identification and action accuracy over keep ratio, prototype mix and privacy
+    weight (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -443,11 +458,13 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     raw = report["raw"]
     learned = [s for s in report["sweep"] if s["method"] == "learned"]
-    for weight in sorted({s["privacy_weight"] for s in learned}):
-        pts = sorted((s for s in learned if s["privacy_weight"] == weight), key=lambda s: s["keep_ratio"])
+    for weight, mix in sorted({(s["privacy_weight"], s.get("mix", 0.0)) for s in learned}):
+        pts = sorted((s for s in learned if (s["privacy_weight"], s.get("mix", 0.0)) == (weight, mix)),
+                     key=lambda s: s["keep_ratio"])
         k = [s["keep_ratio"] for s in pts]
-        line, = left.plot(k, [100 * s["action_top1"] for s in pts], "o-", label=f"action, w={weight:g}")
-        left.plot(k, [100 * s["reid_top1"] for s in pts], "s--", color=line.get_color(), label=f"re-id, w={weight:g}")
+        tag = f"w={weight:g}, mix={mix:g}"
+        line, = left.plot(k, [100 * s["action_top1"] for s in pts], "o-", label=f"action, {tag}")
+        left.plot(k, [100 * s["reid_top1"] for s in pts], "s--", color=line.get_color(), label=f"re-id, {tag}")
     left.axhline(100 * raw["action_top1"], color="black", lw=1, label="raw action")
     left.axhline(100 * raw["reid_top1"], color="black", lw=1, ls="--", label="raw re-id")
     left.axhline(100 * raw["chance"]["reid_top1"], color="grey", lw=1, ls=":", label="re-id chance")
@@ -461,7 +478,7 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
     left.legend(fontsize=7, loc="best")
     right.scatter([100 * raw["reid_top1"]], [100 * raw["action_top1"]], marker="*", s=120, color="black", label="raw")
     for s in report["sweep"]:
-        label = "bones" if s["method"] == "bones" else f"k={s['keep_ratio']:g}, w={s['privacy_weight']:g}"
+        label = "bones" if s["method"] == "bones" else _setting(s)[len("learned "):]
         right.scatter([100 * s["reid_top1"]], [100 * s["action_top1"]], s=30)
         right.annotate(label, (100 * s["reid_top1"], 100 * s["action_top1"]), fontsize=7,
                        xytext=(3, 3), textcoords="offset points")

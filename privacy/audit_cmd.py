@@ -8,7 +8,7 @@ table and writes ``DIR/audit.json`` and ``DIR/tradeoff.png``.
 ``audit.json``: ``raw`` and ``protected`` each hold ``reid_top1``, ``reid_top5``,
 ``linkage_accuracy``, ``action_top1`` and ``attributes`` (name -> accuracy), plus
 ``chance`` and per-attacker details; ``protected`` is the learned anonymizer at the first
-keep ratio and privacy weight (bone normalization when only ``bones`` is audited);
+keep ratio, mix and privacy weight (bone normalization when only ``bones`` is audited);
 ``protected_by_method``, ``sweep`` (every setting), ``plan``, ``audit_config`` and
 ``dataset`` describe the run.
 """
@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep ratios of the learned anonymizer (first is the headline), e.g. 1,0.5,0.3")
     parser.add_argument("--privacy-weights", type=floats, default=(1.0,),
                         help="privacy weights to train the learned anonymizer with, e.g. 0.5,1,2")
+    parser.add_argument("--mixes", type=floats, default=(AnonymizerConfig.mix,),
+                        help="shares of the predicted action's prototype in the learned output, e.g. 0,0.5,0.8")
     parser.add_argument("--attributes", type=names, default=None,
                         help="attributes to infer (default: sex and group where present)")
     parser.add_argument("--attackers", type=names, default=ATTACKER_KINDS,
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         )
         plan = AuditPlan(
             methods=("bones", "learned") if args.method == "both" else (args.method,),
-            keep_ratios=args.keep_ratios, privacy_weights=args.privacy_weights, bones=bones,
+            keep_ratios=args.keep_ratios, privacy_weights=args.privacy_weights, mixes=args.mixes, bones=bones,
             anonymizer=replace(anon, privacy_weight=args.privacy_weights[0]),
             anonymizer_folds=args.anonymizer_folds,
         )

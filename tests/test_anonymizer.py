@@ -194,3 +194,21 @@ def test_deadzone_removes_sway_but_keeps_deliberate_movement() -> None:
     assert np.ptp(direction(calm, wrist, elbow), axis=1).max() > 0.3
     with pytest.raises(ValueError, match="deadzone"):
         BoneNormalizeConfig(deadzone=-0.1)
+
+
+def test_prototype_mix_pulls_people_towards_the_average_performer() -> None:
+    base = random_people(KINECT_V1, n=2, t=12, seed=5)  # two "actions"
+    people = random_people(KINECT_V1, n=8, t=12, seed=6) * 0.3  # personal deviations
+    actions = np.tile([0, 1], 4)
+    x = (base[actions] + people).astype(np.float32)
+    model = fit_anonymizer(x, actions, np.repeat(np.arange(4), 2), {}, KINECT_V1,
+                           AnonymizerConfig(**{**TINY.to_dict(), "action_teacher_epochs": 30, "mix": 0.8}))
+    assert model.config.num_classes == 2 and model.prototypes.shape[0] == 2
+    own = model.anonymize(x, 1.0, mix=0.0)
+    mixed = model.anonymize(x, 1.0, mix=1.0)
+    assert not np.allclose(own, mixed)
+    spread = lambda a: a[actions == 0].std(axis=0).mean()  # noqa: E731
+    assert spread(mixed) < 0.5 * spread(own)
+    assert mixed.shape == x.shape
+    with pytest.raises(ValueError, match="mix"):
+        model.anonymize(x, 1.0, mix=1.5)
