@@ -59,10 +59,10 @@ def online_sites(fed: LoopbackFederation) -> int:
         return 0
 
 
-def run_load(sites: int, rounds: int, root: Path, timeout: float, min_fraction: float) -> dict:
+def run_load(sites: int, rounds: int, root: Path, timeout: float, min_fraction: float, executor: str = "warm") -> dict:
     names = [f"site-{i:03d}" for i in range(sites)]
     fed = LoopbackFederation(root=root, sites=names, rounds=rounds, min_sites=max(1, int(sites * min_fraction)),
-                             name=f"load-{sites}", run={"timeout-s": timeout})
+                             name=f"load-{sites}", run={"timeout-s": timeout}, executor=executor)
     fed.write()
     started = time.monotonic()
     peak_mb, peak_procs = 0.0, 0
@@ -96,6 +96,7 @@ def run_load(sites: int, rounds: int, root: Path, timeout: float, min_fraction: 
     walls = [r["wall_s"] for r in per_round]
     return {
         "sites": sites,
+        "executor": executor,
         "rounds_planned": rounds,
         "rounds_completed": status.get("rounds_completed", 0),
         "coordinator_exit": exit_code,
@@ -118,14 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a round may wait for replies")
     parser.add_argument("--min-fraction", type=float, default=1.0, help="fraction of sites a round needs")
+    parser.add_argument("--executor", default="warm", choices=("warm", "subprocess"),
+                        help="how sites run their tasks: a warm forking process, or Flower's fresh process per message")
     parser.add_argument("--root", default="", help="folder for keys, configs, state and logs (default: a temporary one)")
     parser.add_argument("--json", default="", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.sites < 1:
         parser.error("--sites must be at least 1")
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="fedsar-load-"))
-    print(f"{args.sites} sites, {args.rounds} rounds; files under {root}", flush=True)
-    report = run_load(args.sites, args.rounds, root, args.timeout, args.min_fraction)
+    print(f"{args.sites} sites ({args.executor} executor), {args.rounds} rounds; files under {root}", flush=True)
+    report = run_load(args.sites, args.rounds, root, args.timeout, args.min_fraction, args.executor)
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

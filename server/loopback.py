@@ -49,6 +49,7 @@ class LoopbackFederation:
     run: dict[str, Any] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     metrics_port: int = 0
+    executor: str = "warm"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -112,7 +113,7 @@ class LoopbackFederation:
             "[keys]", f'private_key = "{key or f"keys/sites/{site}.key"}"', "",
             "[data]", 'dataset = "synthetic"', 'layout = "kinect-v1"', f"options = {site_options(index)}",
             'split = { test_fraction = 0.3, by = "sample" }', "",
-            "[node]", 'executor = "warm"', "",
+            "[node]", f'executor = "{self.executor}"', "",
         ])
         path = self.site_toml(site)
         path.write_text(text)
@@ -156,9 +157,20 @@ class LoopbackFederation:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
 
-    def stop_all(self) -> None:
-        for label in list(self.procs):
-            self.kill(label, signal.SIGTERM)
+    def stop_all(self, grace: float = 20.0) -> None:
+        """SIGTERM every daemon's group at once, then SIGKILL what is left after ``grace``."""
+        running = [p for p in self.procs.values() if p.poll() is None]
+        for proc in running:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for proc in running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for label in list(self.procs):
             self.kill(label, signal.SIGKILL)
 
