@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -165,3 +166,22 @@ class Control:
         from flwr.proto.control_pb2 import UnregisterNodeRequest
 
         self._call("UnregisterNode", UnregisterNodeRequest(node_id=node_id))
+
+    def follow_logs(self, run_id: int, sink: TextIO, stop: threading.Event) -> None:
+        """Copy the run's ServerApp log into ``sink`` until the run ends or ``stop`` is set
+        (``flwr log --stream``); reconnects from the last timestamp after an error."""
+        from flwr.proto.control_pb2 import StreamLogsRequest
+
+        after = 0.0
+        while not stop.is_set():
+            try:
+                for res in self._client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=after)):
+                    sink.write(res.log_output)
+                    sink.flush()
+                    after = max(after, res.latest_timestamp)
+                    if stop.is_set():
+                        return
+                return  # the stream ends with the run
+            except (httpx.HTTPError, ValueError) as err:
+                log.debug("log stream of run %d interrupted (%s)", run_id, err)
+                stop.wait(5.0)

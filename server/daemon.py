@@ -24,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -164,6 +165,7 @@ class Coordinator:
         self.view: dict[str, Any] = {"up": 0.0}
         self._stopping = False
         self._lock_fh: TextIO | None = None
+        self._logs_stop = threading.Event()
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -287,7 +289,20 @@ class Coordinator:
         self.run_id = self.control.start_run(app)
         self.run_status = "pending"
         self._write_daemon_file()
+        self._follow_logs(self.run_id)
         self.say(f"run {self.run_id} started: {self.config.settings().strategy} on {self.config.settings().scenario}")
+
+    def _follow_logs(self, run_id: int) -> None:
+        """Copy the ServerApp's log (screening decisions, round progress) to logs/serverapp.log."""
+        path = self.config.log_dir / "serverapp.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def follow() -> None:
+            with open(path, "a") as sink, Control(self.config.address, self.config.ca_certificate, timeout=30.0) as control:
+                sink.write(f"\n--- run {run_id}\n")
+                control.follow_logs(run_id, sink, self._logs_stop)
+
+        threading.Thread(target=follow, name="serverapp-log", daemon=True).start()
 
     def refresh_nodes(self) -> None:
         assert self.control is not None
@@ -364,6 +379,7 @@ class Coordinator:
             return 0 if ok else 1
         finally:
             self.view["up"] = 0.0
+            self._logs_stop.set()
             if self.control is not None:
                 self.control.close()
             stop_process(self.superlink)

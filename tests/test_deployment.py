@@ -106,6 +106,8 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
     assert set(status["last_round"]["train"]) == set(HONEST)
     out = fed.output("coordinator")
     assert "round 2/2" in out and "tamperer" in out
+    serverapp_log = (fed.state / "logs" / "serverapp.log").read_text()
+    assert "dropped reply from tamperer: parameter" in serverapp_log
     model = read_arrays(fed.state / "run" / "global.npz")
     assert model and all(np.isfinite(a).all() for a in model.values())
     for site in HONEST:
