@@ -152,12 +152,15 @@ class SiteDaemon:
         self.runner = spawn(cmd, self.site.log_dir / "runner.log", self.env())
 
     def new_log(self) -> str:
+        """What the SuperNode logged since the last call (the log can grow for months)."""
         try:
-            with open(self.supernode_log, errors="replace") as fh:
+            with open(self.supernode_log, "rb") as fh:
                 fh.seek(self._log_offset)
-                return fh.read()
+                chunk = fh.read(1 << 20)
+                self._log_offset = fh.tell()
         except OSError:
             return ""
+        return chunk.decode(errors="replace")
 
     def health(self) -> dict[str, float]:
         up = 1.0 if self.supernode is not None and self.supernode.poll() is None else 0.0
@@ -180,8 +183,10 @@ class SiteDaemon:
         backoff = 1.0
         connected = False
         refusals = 0
+        recent = ""
         while not self._stopping:
-            text = self.new_log()
+            recent = (recent + self.new_log())[-8192:]  # markers may straddle two reads
+            text = recent
             reason = refusal_in(text)
             if reason is not None:
                 stop_process(self.supernode, 5)
@@ -194,11 +199,14 @@ class SiteDaemon:
                 time.sleep(backoff)
                 backoff = min(RESTART_MAX_S, backoff * 2)
                 self.start_supernode()
+                recent = ""
+                connected = False
                 continue
             if not connected and "SuperNode ID:" in text:
                 connected = True
-                node = text.split("SuperNode ID:", 1)[1].split()[0]
+                node = text.rsplit("SuperNode ID:", 1)[1].split()[0]
                 self.say(f"connected to {self.site.address} as node {node}")
+                recent = ""
             if self.supernode is not None and self.supernode.poll() is not None:
                 code = self.supernode.returncode
                 self.restarts += 1
@@ -207,6 +215,7 @@ class SiteDaemon:
                 backoff = min(RESTART_MAX_S, backoff * 2)
                 connected = False
                 self.start_supernode()
+                recent = ""
                 continue
             if connected:
                 backoff = 1.0
