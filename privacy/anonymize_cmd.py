@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="a saved learned anonymizer (.json or .npz)")
     parser.add_argument("--fit-model", type=Path, default=None,
                         help="fit a learned anonymizer on this data set and save it here first")
-    parser.add_argument("--privacy-weights", type=floats, default=(1.0,),
+    parser.add_argument("--privacy-weights", type=floats, default=(AnonymizerConfig.privacy_weight,),
                         help="privacy weight for --fit-model (first value)")
     parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs)
     parser.add_argument("--keep-subjects", action="store_true", help="write real subject ids (default: pseudonyms)")

@@ -89,7 +89,7 @@ class AnonymizerConfig:
     window: int = 4
     channels: int = 32
     blocks: int = 2
-    epochs: int = 20
+    epochs: int = 4
     batch_size: int = 32
     lr: float = 2e-3
     adversary_lr: float = 2e-3
@@ -97,12 +97,13 @@ class AnonymizerConfig:
     adversary_steps: int = 1
     action_teacher_epochs: int = 8  # 0: the action recognizer adapts to the anonymizer instead
     action_weight: float = 1.0
-    privacy_weight: float = 1.0
+    privacy_weight: float = 0.3
     attribute_weight: float = 1.0
     reconstruction_weight: float = 0.5
     smoothness_weight: float = 1.0
     prototype_weight: float = 0.0
     mix: float = 0.8  # share of the predicted action's prototype in the output (0: none)
+    prototype_choice: str = "hard"  # "hard": the most likely action's; "soft": probability-weighted
     num_classes: int = 0  # set by fit_anonymizer: actions, persons and frames of the
     num_persons: int = 1  # prototypes the model carries
     frames: int = 0
@@ -118,6 +119,8 @@ class AnonymizerConfig:
             self.bones = BoneNormalizeConfig.from_dict(self.bones)
         if self.window < 1:
             raise ValueError(f"AnonymizerConfig.window must be >= 1, got {self.window}")
+        if self.prototype_choice not in ("hard", "soft"):
+            raise ValueError(f"AnonymizerConfig.prototype_choice must be hard or soft, not {self.prototype_choice!r}")
         if not 0.0 <= self.mix <= 1.0:
             raise ValueError(f"AnonymizerConfig.mix must be in [0, 1], got {self.mix}")
         if self.mix > 0 and self.action_teacher_epochs < 1:
@@ -242,12 +245,15 @@ class Anonymizer(nn.Module):
 
     @torch.no_grad()
     def predicted_prototype(self, x: torch.Tensor) -> torch.Tensor:
-        """Prototype sequences weighted by the recognizer's action probabilities for ``x``."""
+        """The prototype of the action the recognizer predicts for ``x`` (``hard``), or all
+    prototypes weighted by its probabilities (``soft``)."""
         assert self.teacher is not None
         if x.shape[4] != self.config.num_persons:
             raise ValueError(f"arrays have {x.shape[4]} persons, the anonymizer was trained on "
                              f"{self.config.num_persons}")
         probs = sum(F.softmax(part(x)[0], dim=1) for part in self.teacher) / len(self.teacher)
+        if self.config.prototype_choice == "hard":  # the full posterior is itself a style signature
+            probs = F.one_hot(probs.argmax(dim=1), probs.shape[1]).to(probs.dtype)
         protos = self.prototypes
         if protos.shape[2] != x.shape[2]:  # other frame count: resample the prototypes in time
             k, c, t0, v, m = protos.shape

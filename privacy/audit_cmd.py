@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="protection to audit against raw (default both)")
     parser.add_argument("--keep-ratios", type=floats, default=(1.0, 0.5),
                         help="keep ratios of the learned anonymizer (first is the headline), e.g. 1,0.5,0.3")
-    parser.add_argument("--privacy-weights", type=floats, default=(1.0,),
+    parser.add_argument("--privacy-weights", type=floats, default=(AnonymizerConfig.privacy_weight,),
                         help="privacy weights to train the learned anonymizer with, e.g. 0.5,1,2")
     parser.add_argument("--mixes", type=floats, default=(AnonymizerConfig.mix,),
                         help="shares of the predicted action's prototype in the learned output, e.g. 0,0.5,0.8")
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=AuditConfig.folds,
                         help="subject-disjoint folds for attributes and action")
     parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs)
-    parser.add_argument("--anonymizer-folds", type=int, default=2,
+    parser.add_argument("--anonymizer-folds", type=int, default=4,
                         help="cross-fitting folds over subjects for the learned anonymizer (1: fit on all)")
     parser.add_argument("--action-weight", type=float, default=AnonymizerConfig.action_weight)
     parser.add_argument("--attribute-weight", type=float, default=AnonymizerConfig.attribute_weight)

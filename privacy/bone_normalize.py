@@ -73,7 +73,7 @@ class BoneNormalizeConfig:
     smooth: int = 3  # moving-average window in frames; 0 or 1 turns it off
     posture: bool = True
     unit: str = "torso"  # "torso": canonical torso = 1 (as preprocessing scales); "metres"
-    deadzone: float = 0.0  # bone-direction changes from the start pose below this are dropped
+    deadzone: float = 0.1  # bone-direction changes from the start pose below this are dropped
 
     def __post_init__(self) -> None:
         if self.root not in ("scaled", "keep", "fixed"):

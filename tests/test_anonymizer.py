@@ -106,7 +106,7 @@ def test_bone_normalization_gives_every_subject_the_canonical_body() -> None:
 def test_bone_normalization_keeps_directions_and_zero_padding() -> None:
     x = random_people(KINECT_V1, n=2, t=10)
     x[:, :, 7:] = 0.0  # padding
-    cfg = BoneNormalizeConfig(view=False, tempo=False, smooth=0, posture=False, root="keep")
+    cfg = BoneNormalizeConfig(view=False, tempo=False, smooth=0, posture=False, root="keep", deadzone=0.0)
     out = normalize_bones(x, KINECT_V1, cfg)
     assert np.all(out[:, :, 7:] == 0.0) and np.abs(out[:, :, :7]).sum() > 0
     child, parent = KINECT_V1.directed_bones[5]
@@ -181,7 +181,7 @@ def test_deadzone_removes_sway_but_keeps_deliberate_movement() -> None:
     pose[:, wrist, 2] += raise_  # forearm raised forward, the hand goes along
     pose[:, hand, 2] += raise_
     x = pose.transpose(2, 0, 1)[None, :, :, :, None].astype(np.float32)
-    base = BoneNormalizeConfig(view=False, tempo=False, smooth=0, posture=False)
+    base = BoneNormalizeConfig(view=False, tempo=False, smooth=0, posture=False, deadzone=0.0)
     plain = normalize_bones(x, KINECT_V1, base)
     calm = normalize_bones(x, KINECT_V1, BoneNormalizeConfig(**{**base.to_dict(), "deadzone": 0.2}))
 
