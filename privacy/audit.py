@@ -220,6 +220,11 @@ def measure_linkage(data: AuditData, cfg: AuditConfig, trainer: Trainer = train_
     folds = subject_folds(data.subjects, _strata(data), 2, cfg.seed + 7)
     rng = np.random.default_rng(cfg.seed + 7)
     out: dict[str, Any] = {}
+    for half in (0, 1):  # pairs need two people and one person seen twice on each side
+        subj = data.subjects[folds == half]
+        counts = np.unique(subj, return_counts=True)[1]
+        if len(counts) < 2 or counts.max() < 2:
+            return {}
     for i, kind in enumerate(cfg.attackers):
         a = folds == 0
         codes = np.unique(data.subjects[a], return_inverse=True)[1]
