@@ -233,7 +233,7 @@ def test_dashboard_queries_only_exported_metrics(tmp_path):
     """Every metric the Grafana dashboard plots is one the coordinator or a site exports."""
     import re
 
-    from client.metrics import SiteCollector, record_exchange  # noqa: F401 - the site exporter
+    from client.metrics import SiteCollector  # the site exporter
 
     strategy = make_strategy()
     hooks = DeploymentHooks.from_settings(settings_for(tmp_path, resume=False))
