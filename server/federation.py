@@ -56,6 +56,8 @@ def num_classes_for(scenario: Scenario, settings: RunSettings) -> int:
     """Classes of the one shared head, or a placeholder when heads stay on the sites."""
     if not scenario.shared_label_set:
         return 1
+    if scenario.num_classes is not None:
+        return scenario.num_classes
     from skeletons.site_data import site_dataset
 
     return len(site_dataset(scenario.sites[0], settings.data_root or None, scenario.layout, settings.seed).classes)

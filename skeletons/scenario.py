@@ -73,6 +73,7 @@ class Scenario:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
     defaults: dict[str, Any] = field(default_factory=dict)  # run-config defaults
     shared_labels: bool | None = None  # None: inferred from the sites' data sets
+    num_classes: int | None = None  # classes of a shared head; lets a coordinator without data start
     source: str = ""
 
     @property

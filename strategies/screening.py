@@ -43,7 +43,9 @@ class RoundRecord:
 
 
 def site_label(msg: Message) -> str:
-    """The site's name from its reply's metrics (``site-index``) or else its node id."""
+    """The site's name from its reply's ``site`` record, or else its node id."""
+    if not msg.has_content():  # an error reply (node unavailable, ClientApp exception)
+        return f"node-{msg.metadata.src_node_id}"
     content = msg.content
     for record in content.config_records.values():
         if "site-name" in record:

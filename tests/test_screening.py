@@ -73,3 +73,18 @@ def test_policies_follow_label_sets():
     assert client_policy("fsar", shared_label_set=True) == "fsar"
     with pytest.raises(ValueError, match="unknown strategy"):
         build_strategy("nope", StrategyOptions(), eval_every=1, num_rounds=1, num_sites=2)
+
+
+def test_error_reply_is_dropped_not_fatal():
+    from flwr.app import Error
+
+    meta = Metadata(run_id=1, message_id="e", src_node_id=9, dst_node_id=0, reply_to_message_id="x",
+                    group_id="1", created_at=time.time(), ttl=60.0, message_type="train")
+    failed = Message(error=Error(code=0, reason="Node Unavailable"), metadata=meta)
+    strategy = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=1, num_sites=2)
+    strategy._expected = reference()
+    strategy._round_started = time.perf_counter()
+    good = ArrayRecord(OrderedDict(w=torch.ones(2, 3), b=torch.ones(3)))
+    arrays, _ = strategy.aggregate_train(1, [reply(good, 10, 1), failed])
+    np.testing.assert_allclose(arrays["w"].numpy(), 1.0)
+    assert strategy.history[-1].sites_failed == 1 and "node-9" in strategy.history[-1].dropped[0]
