@@ -488,6 +488,9 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
         right.annotate(label, (100 * s["reid_top1"], 100 * s["action_top1"]), fontsize=7,
                        xytext=(3, 3), textcoords="offset points")
     right.axvline(100 * raw["chance"]["reid_top1"], color="grey", lw=1, ls=":")
+    right.set_xlim(0, 100)
+    right.set_ylim(0, 100)
+    left.set_ylim(0, 100)
     right.set_xlabel("re-identification top-1 (%)  (lower is more private)")
     right.set_ylabel("action top-1 (%)")
     right.set_title("privacy-utility trade-off")
