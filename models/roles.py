@@ -20,6 +20,7 @@ PERSONAL_KINDS: dict[str, frozenset[str]] = {
     "fedavg-local-heads": frozenset({"head"}),
     "fedprox": frozenset(),
     "fedbn": frozenset({"norm"}),
+    "fedbn-local-heads": frozenset({"norm", "head"}),
     "fedper": frozenset({"head"}),
     "local": frozenset(KINDS),
 }
