@@ -18,7 +18,9 @@ import torch
 class Augmentation:
     """Strengths; zero turns a transform off.
 
-    ``rotate`` is the largest angle (degrees) about each axis, ``scale`` the largest
+    ``rotate`` is the largest angle (degrees) about each axis named in ``rotate_axes``
+    (y is vertical in Kinect coordinates: "xy" varies camera elevation and azimuth
+    but not roll), ``scale`` the largest
     relative change per axis, ``shear`` the largest off-diagonal coefficient and
     ``temporal_crop`` the largest fraction of a sequence's frames that is cut away.
     """
@@ -27,8 +29,11 @@ class Augmentation:
     scale: float = 0.0
     shear: float = 0.0
     temporal_crop: float = 0.0
+    rotate_axes: str = "xyz"
 
     def __post_init__(self) -> None:
+        if not self.rotate_axes or set(self.rotate_axes) - set("xyz"):
+            raise ValueError(f"augmentation rotate_axes {self.rotate_axes!r}: use letters of 'xyz'")
         for name in ("rotate", "scale", "shear", "temporal_crop"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
@@ -62,7 +67,9 @@ def spatial_matrices(n: int, aug: Augmentation, gen: torch.Generator) -> torch.T
     if aug.scale:
         m = m * (1 + _uniform((n, 1, 3), aug.scale, gen))
     if aug.rotate:
-        m = rotation_matrices(_uniform((n, 3), math.radians(aug.rotate), gen)) @ m
+        mask = torch.tensor([axis in aug.rotate_axes for axis in "xyz"], dtype=torch.float32)
+        angles = _uniform((n, 3), math.radians(aug.rotate), gen) * mask
+        m = rotation_matrices(angles) @ m
     return m
 
 

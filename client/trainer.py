@@ -60,6 +60,7 @@ class TrainConfig:
     scale: float = 0.0
     shear: float = 0.0
     temporal_crop: float = 0.0
+    rotate_axes: str = "xyz"
     label_smoothing: float = 0.0
     grains: list[int] = field(default_factory=list)
     lambda_mg: float = 1.0
@@ -91,7 +92,9 @@ class TrainConfig:
 
     @property
     def augmentation(self) -> Augmentation:
-        return Augmentation(self.rotate, self.scale, self.shear, self.temporal_crop)
+        return Augmentation(
+            self.rotate, self.scale, self.shear, self.temporal_crop, self.rotate_axes
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,6 +23,8 @@ class ModelConfig:
     joint coordinates: positions, bone vectors (joint minus parent) and motion
     (frame difference), three channels each. ``temporal`` picks a full ``k x 1``
     convolution or a depthwise ``k x 1`` convolution followed by a pointwise one.
+    ``input_norm`` normalizes each stream per sample (GroupNorm, one group per
+    stream) so that small motion vectors weigh as much as positions.
     """
 
     channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)
@@ -31,6 +33,7 @@ class ModelConfig:
     temporal: str = "full"
     streams: tuple[str, ...] = STREAMS
     norm_groups: int = 8
+    input_norm: bool = False
     dropout: float = 0.0
     topology_init_std: float = 1e-3
 

@@ -43,6 +43,9 @@ class FSARNet(nn.Module):
         self.graph = FixedGraph(adjacency)
         self.streams = InputStreams(_parents(layout), self.config.streams)
         cfg = self.config
+        self.input_norm = (
+            nn.GroupNorm(len(cfg.streams), cfg.in_channels) if cfg.input_norm else nn.Identity()
+        )
         widths = (cfg.in_channels,) + cfg.channels
         self.blocks = nn.ModuleList(
             STBlock(
@@ -81,7 +84,7 @@ class FSARNet(nn.Module):
         """
         self._check_block(upto)
         self._check_input(x)
-        h = self.streams(x)
+        h = self.input_norm(self.streams(x))
         adjacency = self.graph.adjacency
         for block in self.blocks[:upto]:
             h = block(h, adjacency, shared_topology_only)

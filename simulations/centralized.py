@@ -1,0 +1,255 @@
+"""``fedsar-sim centralized``: train one model on one data set, the upper bound of a federation.
+
+Published protocols where they exist (NW-UCLA cross-view, MSR Action3D cross-subject,
+NTU's), else a seeded subject-wise or random split. Writes ``OUT/results.json`` with
+per-epoch history and ``final.mean_accuracy``, and the model as ``OUT/model.npz`` +
+``OUT/model.json`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skeletons.clikit import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROTOCOL = {
+    "nw-ucla": "cross-view",
+    "msr-action3d": "cross-subject",
+    "ntu": "xsub",
+}
+PROTOCOLS = ("cross-view", "cross-subject", "subject", "random", "xsub", "xview", "xset")
+UCLA_TRAIN_VIEWS = {"1", "2"}
+MSR_TRAIN_SUBJECTS = {1, 3, 5, 7, 9}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from client.trainer import TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument("--dataset", default="synthetic",
+                        help="nw-ucla, msr-action3d, kinder-gator, ntu, npz or synthetic (default)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder holding the data sets (e.g. .../data with nw-ucla/ inside), "
+                             "or the data set's own folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                        help="train/test split (default: the data set's usual one, else subject)")
+    parser.add_argument("--test-fraction", type=float, default=0.3,
+                        help="share of subjects (or samples) held out by subject/random splits")
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"])
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=RECIPE["optimizer"])
+    parser.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
+    parser.add_argument("--warmup", type=float, default=RECIPE["warmup"], help="warm-up epochs")
+    parser.add_argument("--schedule", choices=("cosine", "step", "constant"), default=d.schedule)
+    parser.add_argument("--rotate", type=float, default=RECIPE["rotate"],
+                        help="max random rotation per axis, degrees (0: off)")
+    parser.add_argument("--scale", type=float, default=RECIPE["scale"],
+                        help="max random scaling per axis (0: off)")
+    parser.add_argument("--shear", type=float, default=RECIPE["shear"])
+    parser.add_argument("--temporal-crop", type=float, default=RECIPE["temporal_crop"],
+                        help="max fraction of frames cut by random temporal cropping")
+    parser.add_argument("--label-smoothing", type=float, default=RECIPE["label_smoothing"])
+    parser.add_argument("--model", default="slim", help="model preset: slim, wide, reference")
+    parser.add_argument("--frames", type=int, default=52, help="frames per sequence after resampling")
+    parser.add_argument("--persons", type=int, default=None,
+                        help="persons per sample (default: most in the data, at most 2)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a "
+                             "machine busy with other work)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+# The default recipe, measured on NW-UCLA cross-view (see BENCHMARKS.md).
+RECIPE: dict[str, Any] = {
+    "epochs": 30,
+    "batch_size": 16,
+    "lr": 0.1,
+    "optimizer": "sgd",
+    "weight_decay": 4e-4,
+    "warmup": 3.0,
+    "rotate": 17.0,
+    "scale": 0.1,
+    "shear": 0.0,
+    "temporal_crop": 0.0,
+    "label_smoothing": 0.0,
+}
+
+
+def _subject_number(value: Any) -> int | None:
+    digits = "".join(ch for ch in str(value) if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def split_indices(dataset: Any, protocol: str, test_fraction: float, seed: int
+                  ) -> tuple[list[int], list[int]]:
+    """Train and test sample indices of ``dataset`` under ``protocol``."""
+    samples = dataset.samples
+    if protocol == "cross-view":
+        if not any(s.view is not None for s in samples):
+            raise UserError(f"protocol cross-view needs views; data set {dataset.name!r} has none")
+        train_views = UCLA_TRAIN_VIEWS if dataset.name == "nw-ucla" else set(dataset.views[:-1])
+        train = [i for i, s in enumerate(samples) if s.view in train_views]
+        test = [i for i, s in enumerate(samples) if s.view not in train_views]
+    elif protocol == "cross-subject" and dataset.name == "msr-action3d":
+        flagged = [s.meta.get("in_cvpr12_protocol") for s in samples]
+        keep = [i for i, f in enumerate(flagged) if f is not False]
+        if any(f is None for f in flagged):
+            log.warning("msr-action3d: protocol list missing; using all %d sequences", len(keep))
+        train = [i for i in keep if _subject_number(samples[i].subject) in MSR_TRAIN_SUBJECTS]
+        test = [i for i in keep if _subject_number(samples[i].subject) not in MSR_TRAIN_SUBJECTS]
+    elif protocol in ("xsub", "xview", "xset"):
+        from skeletons.standard_splits import standard_split
+
+        try:
+            sides = [standard_split(dataset.name, protocol, s.meta) for s in samples]
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        train = [i for i, side in enumerate(sides) if side == "train"]
+        test = [i for i, side in enumerate(sides) if side == "test"]
+    elif protocol in ("subject", "cross-subject"):
+        subjects = sorted(dataset.subjects)
+        if len(subjects) < 2:
+            raise UserError(f"data set {dataset.name!r} has {len(subjects)} subject(s); use --protocol random")
+        rng = np.random.default_rng(seed)
+        held = max(1, int(round(test_fraction * len(subjects))))
+        test_subjects = set(rng.permutation(subjects)[:held].tolist())
+        train = [i for i, s in enumerate(samples) if s.subject not in test_subjects]
+        test = [i for i, s in enumerate(samples) if s.subject in test_subjects]
+    elif protocol == "random":
+        order = np.random.default_rng(seed).permutation(len(samples))
+        held = max(1, int(round(test_fraction * len(samples))))
+        test, train = sorted(order[:held].tolist()), sorted(order[held:].tolist())
+    else:
+        raise UserError(f"protocol {protocol!r} does not apply to data set {dataset.name!r}")
+    if not train or not test:
+        raise UserError(
+            f"protocol {protocol!r} leaves {len(train)} training and {len(test)} test samples "
+            f"in data set {dataset.name!r}"
+        )
+    return train, test
+
+
+def load(args: argparse.Namespace) -> Any:
+    from skeletons.datasets import FOLDERS, load_dataset
+
+    if args.dataset == "synthetic":
+        return load_dataset("synthetic", seed=args.seed)
+    if args.data_root is None:
+        raise UserError(f"--data-root is needed for data set {args.dataset!r}")
+    root = Path(args.data_root).expanduser()
+    if not root.exists():
+        raise UserError(f"--data-root {root} does not exist")
+    for name in FOLDERS.get(args.dataset, ()):
+        if (root / name).is_dir():
+            root = root / name
+            break
+    try:
+        return load_dataset(args.dataset, root)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"cannot load {args.dataset!r} from {root}: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from client.trainer import TrainConfig, evaluate, resolve_device, train
+    from models import ModelConfig, build_model, save_model
+    from skeletons.atomic import write_json
+    from skeletons.preprocess import PreprocessConfig, to_arrays
+
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model_config = ModelConfig.preset(args.model)
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    dataset = load(args)
+    protocol = args.protocol or DEFAULT_PROTOCOL.get(args.dataset, "subject")
+    train_idx, test_idx = split_indices(dataset, protocol, args.test_fraction, args.seed)
+    persons = args.persons or min(2, max(s.joints.shape[1] for s in dataset.samples))
+    prep = PreprocessConfig(num_frames=args.frames, num_persons=persons)
+    x, y = to_arrays(dataset, prep)
+    print(f"{dataset.name}: {len(train_idx)} training, {len(test_idx)} test samples, "
+          f"{dataset.num_classes} classes, protocol {protocol}, device {device}", flush=True)
+
+    torch.manual_seed(args.seed)
+    model = build_model(dataset.layout, dataset.num_classes, persons, model_config)
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        config = TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+            weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+            rotate=args.rotate, scale=args.scale, shear=args.shear,
+            temporal_crop=args.temporal_crop, label_smoothing=args.label_smoothing,
+            device=str(device), seed=args.seed,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    test_data = (x[test_idx], y[test_idx])
+    history: list[dict[str, Any]] = []
+
+    def progress(record: dict[str, Any]) -> None:
+        ev = evaluate(model, test_data, device)
+        model.train()
+        record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+        history.append(record)
+        print(f"epoch {record['epoch']:3d}/{record['epochs']}  loss {record['loss']:.4f}  "
+              f"train {record['accuracy']:.4f}  test {ev['accuracy']:.4f}  "
+              f"lr {record['lr']:.4g}  {record['seconds']:.1f}s", flush=True)
+
+    out = train(model, (x[train_idx], y[train_idx]), config, progress=progress)
+    final = evaluate(model, test_data, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_model(model, args.out / "model")
+    results = {
+        "scenario": f"centralized:{dataset.name}:{protocol}",
+        "strategy": "centralized",
+        "dataset": dataset.name,
+        "protocol": protocol,
+        "num_train": len(train_idx),
+        "num_test": len(test_idx),
+        "num_classes": dataset.num_classes,
+        "final_accuracy": {"centralized": final["accuracy"]},
+        "final": {
+            "mean_accuracy": final["accuracy"],
+            "accuracy": final["accuracy"],
+            "loss": final["loss"],
+            "best_epoch_accuracy": max(h["test_accuracy"] for h in history),
+        },
+        "history": history,
+        "train": {k: out[k] for k in ("loss", "accuracy", "seconds", "steps")},
+        "params": params,
+        "seconds": time.perf_counter() - started,
+        "config": {
+            "train": config.to_dict(),
+            "model": {"preset": args.model, **model_config.to_dict()},
+            "preprocess": prep.to_dict(),
+            "seed": args.seed,
+        },
+        "machine": {
+            "device": str(device),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+    }
+    write_json(args.out / "results.json", results)
+    print(f"final top-1 {final['accuracy']:.4f} on {len(test_idx)} test samples; "
+          f"wrote {args.out / 'results.json'} ({results['seconds']:.0f}s)", flush=True)
+    return 0
