@@ -491,6 +491,7 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
     right.set_xlim(0, 100)
     right.set_ylim(0, 100)
     left.set_ylim(0, 100)
+    left.set_xlim(0, 1.05)
     right.set_xlabel("re-identification top-1 (%)  (lower is more private)")
     right.set_ylabel("action top-1 (%)")
     right.set_title("privacy-utility trade-off")
