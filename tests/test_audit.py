@@ -135,3 +135,24 @@ def test_run_audit_rejects_bad_plans(synthetic: AuditData) -> None:
         AuditConfig(attackers=("oracle",))
     with pytest.raises(ValueError, match="subjects has 3 values"):
         AuditData(synthetic.x, synthetic.actions, synthetic.subjects[:3], synthetic.layout)
+
+
+def test_groups_confine_reidentification_and_linkage_to_one_anonymizer(synthetic: AuditData) -> None:
+    from privacy.audit import _pairs, reid_chance
+
+    groups = (np.searchsorted(np.unique(synthetic.subjects), synthetic.subjects) >= 3).astype(int)
+    grouped = AuditData(synthetic.x, synthetic.actions, synthetic.subjects, synthetic.layout, groups=groups)
+    assert reid_chance(grouped, 1) == pytest.approx(1 / 3)
+    assert reid_chance(synthetic, 1) == pytest.approx(1 / 6)
+    pairs, same = _pairs(grouped.subjects, np.arange(len(groups)), 200, np.random.default_rng(0), groups)
+    assert same.sum() == 100
+    assert np.all(groups[pairs[:, 0]] == groups[pairs[:, 1]])  # negatives too come from one group
+    assert np.all((grouped.subjects[pairs[:, 0]] == grouped.subjects[pairs[:, 1]]) == same)
+    seen = []
+
+    def spy(kind, x, y, num_classes, config, layout):
+        seen.append(num_classes[0])
+        return train_attacker(kind, x, y, num_classes, config, layout)
+
+    measure_reid(grouped, AuditConfig(attackers=("features",), epochs=1), trainer=spy)
+    assert seen == [3, 3]  # one re-identifier per group, each over its own three people
