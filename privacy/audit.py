@@ -18,7 +18,11 @@ Protocols (``AuditData`` carries one sequence per row):
 
 :func:`run_audit` adds anonymization: bone normalization and/or the learned anonymizer,
 fitted by cross-fitting over subjects (each subject is anonymized by a model that never
-saw them) and swept over keep ratios and privacy weights.
+saw them) and swept over keep ratios, prototype mixes and privacy weights. Different
+models leave different traces, which would let an attacker tell the models' groups of
+subjects apart; a site runs one model, so with cross-fitting re-identification and
+linkage are measured within each model's group, for raw and protected data alike
+(chance ``1/group size``).
 """
 
 from __future__ import annotations
