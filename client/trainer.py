@@ -405,7 +405,8 @@ def train(
                     f"training loss became {float(loss)} at epoch {epoch}; lower TrainConfig.lr"
                 )
             _backward_and_step(loss, model, optimizer, scaler, config.grad_clip)
-            if pairs and private:
+            if pairs and private and not getattr(optimizer, "_is_last_step_skipped", False):
+                # physical batches that only accumulate (Opacus's BatchMemoryManager) skip it
                 proximal_pull(pairs, config.mu, optimizer.param_groups[0]["lr"])
             scheduler.step()
             steps += 1

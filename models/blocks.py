@@ -23,14 +23,19 @@ class InputStreams(nn.Module):
     network would otherwise have to learn.
     """
 
-    def __init__(self, parents: list[int], streams: tuple[str, ...]) -> None:
+    def __init__(
+        self, parents: list[int], streams: tuple[str, ...], input_range: bool = False
+    ) -> None:
         super().__init__()
         self.streams = streams
+        self.input_range = input_range
         self.register_buffer("parents", torch.tensor(parents, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [N, 3, T, V, M] -> [N, 3 * S, T, M * V]
         n, c, t, v, m = x.shape
+        if self.input_range:
+            x = rescale_to_unit_range(x)
         x = x.permute(0, 1, 2, 4, 3)  # [N, 3, T, M, V]
         parts = []
         for name in self.streams:
@@ -43,6 +48,18 @@ class InputStreams(nn.Module):
                 motion[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
                 parts.append(motion)
         return torch.cat(parts, dim=1).reshape(n, c * len(parts), t, m * v)
+
+
+def rescale_to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Per sample and axis, map the coordinates of present bodies onto ``[-1, 1]``; a
+    body absent from a frame (all zeros there) stays zero."""
+    present = (x != 0).any(dim=1, keepdim=True).any(dim=3, keepdim=True)  # [N, 1, T, 1, M]
+    big = torch.finfo(x.dtype).max
+    lo = torch.where(present, x, big).amin(dim=(2, 3, 4), keepdim=True)
+    hi = torch.where(present, x, -big).amax(dim=(2, 3, 4), keepdim=True)
+    span = (hi - lo).clamp(min=1e-6)
+    scaled = (x - lo) / span * 2 - 1
+    return torch.where(present, scaled, torch.zeros_like(x))
 
 
 class GraphConv(nn.Module):

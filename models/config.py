@@ -25,6 +25,9 @@ class ModelConfig:
     convolution or a depthwise ``k x 1`` convolution followed by a pointwise one.
     ``input_norm`` normalizes each stream per sample (GroupNorm, one group per
     stream) so that small motion vectors weigh as much as positions.
+    ``input_range`` rescales each sample's coordinates per axis to ``[-1, 1]`` (over
+    its present joints) before the streams are derived: invariance to body size,
+    distance and aspect that helps when views or sensors differ.
     """
 
     channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)
@@ -34,6 +37,7 @@ class ModelConfig:
     streams: tuple[str, ...] = STREAMS
     norm_groups: int = 8
     input_norm: bool = False
+    input_range: bool = False
     dropout: float = 0.0
     topology_init_std: float = 1e-3
 

@@ -41,7 +41,9 @@ class FSARNet(nn.Module):
         self.num_persons = int(num_persons)
         adjacency = torch.from_numpy(layout.adjacency())
         self.graph = FixedGraph(adjacency)
-        self.streams = InputStreams(_parents(layout), self.config.streams)
+        self.streams = InputStreams(
+            _parents(layout), self.config.streams, self.config.input_range
+        )
         cfg = self.config
         self.input_norm = (
             nn.GroupNorm(len(cfg.streams), cfg.in_channels) if cfg.input_norm else nn.Identity()

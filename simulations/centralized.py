@@ -9,6 +9,7 @@ per-epoch history and ``final.mean_accuracy``, and the model as ``OUT/model.npz`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -62,13 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max fraction of frames cut by random temporal cropping")
     parser.add_argument("--label-smoothing", type=float, default=RECIPE["label_smoothing"])
     parser.add_argument("--model", default="slim", help="model preset: slim, wide, reference")
+    parser.add_argument("--model-overrides", default=None,
+                        help='JSON object of ModelConfig fields, e.g. \'{"temporal_kernel": 5}\'')
     parser.add_argument("--frames", type=int, default=52, help="frames per sequence after resampling")
     parser.add_argument("--persons", type=int, default=None,
                         help="persons per sample (default: most in the data, at most 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 is faster on a "
-                             "machine busy with other work)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch; 0 (default): all cores, or 1 when the "
+                             "machine is already busy (many threads fighting for few cores "
+                             "run several times slower than one)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -142,6 +146,16 @@ def split_indices(dataset: Any, protocol: str, test_fraction: float, seed: int
     return train, test
 
 
+def choose_threads(requested: int) -> int:
+    """``requested`` if positive; else every core, or one when the 1-minute load average
+    already reaches the core count."""
+    cores = os.cpu_count() or 1
+    if requested > 0:
+        return requested
+    busy = os.getloadavg()[0] >= cores if hasattr(os, "getloadavg") else False
+    return 1 if busy else cores
+
+
 def load(args: argparse.Namespace) -> Any:
     from skeletons.datasets import FOLDERS, load_dataset
 
@@ -171,13 +185,17 @@ def run(args: argparse.Namespace) -> int:
     from skeletons.preprocess import PreprocessConfig, to_arrays
 
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(choose_threads(args.threads))
     try:
         model_config = ModelConfig.preset(args.model)
+        if args.model_overrides:
+            overrides = json.loads(args.model_overrides)
+            if not isinstance(overrides, dict):
+                raise ValueError(f"{overrides!r} is not a JSON object")
+            model_config = ModelConfig.from_dict({**model_config.to_dict(), **overrides})
         device = resolve_device(args.device)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    except (ValueError, TypeError) as err:
+        raise UserError(f"--model/--model-overrides/--device: {err}") from None
     dataset = load(args)
     protocol = args.protocol or DEFAULT_PROTOCOL.get(args.dataset, "subject")
     train_idx, test_idx = split_indices(dataset, protocol, args.test_fraction, args.seed)
@@ -185,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     prep = PreprocessConfig(num_frames=args.frames, num_persons=persons)
     x, y = to_arrays(dataset, prep)
     print(f"{dataset.name}: {len(train_idx)} training, {len(test_idx)} test samples, "
-          f"{dataset.num_classes} classes, protocol {protocol}, device {device}", flush=True)
+          f"{dataset.num_classes} classes, protocol {protocol}, device {device}, "
+          f"{torch.get_num_threads()} CPU thread(s)", flush=True)
 
     torch.manual_seed(args.seed)
     model = build_model(dataset.layout, dataset.num_classes, persons, model_config)

@@ -161,3 +161,33 @@ def test_augment_keeps_shape_and_lengths_and_changes_data():
 def test_temporal_crop_without_cut_is_identity():
     x = torch.randn(2, 3, 10, 20, 1)
     assert torch.allclose(temporal_crop(x, 1e-9, torch.Generator().manual_seed(0)), x, atol=1e-4)
+
+
+def test_trainer_runs_under_opacus_with_mkd_and_proximal_pull():
+    """A private optimizer discards loss-side proximal gradients; the trainer pulls instead."""
+    from opacus import PrivacyEngine
+
+    x, y = separable_task(n=16)
+    start = _model(seed=4)
+    global_shared, _ = split_state(
+        {k: v.detach().clone() for k, v in start.named_parameters()}, "fsar"
+    )
+
+    def drift(mu: float) -> float:
+        model = copy.deepcopy(start)
+        teacher = copy.deepcopy(start)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=8
+        )
+        config = TrainConfig(epochs=2, lr=0.1, mu=mu, grains=[1], device="cpu", schedule="constant")
+        private, optimizer, loader = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr),
+            data_loader=loader, noise_multiplier=0.1, max_grad_norm=1.0, poisson_sampling=False,
+        )
+        out = train(private, loader, config, teacher=teacher, global_shared=global_shared,
+                    optimizer=optimizer)
+        assert out["steps"] == 4
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        return sum(float(((params[k] - v) ** 2).sum()) for k, v in global_shared.items())
+
+    assert drift(5.0) < 0.5 * drift(0.0)
