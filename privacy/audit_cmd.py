@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=AuditConfig.folds,
                         help="subject-disjoint folds for attributes and action")
     parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs)
-    parser.add_argument("--anonymizer-folds", type=int, default=4,
+    parser.add_argument("--anonymizer-folds", type=int, default=2,
                         help="cross-fitting folds over subjects for the learned anonymizer (1: fit on all)")
     parser.add_argument("--action-weight", type=float, default=AnonymizerConfig.action_weight)
     parser.add_argument("--attribute-weight", type=float, default=AnonymizerConfig.attribute_weight)
