@@ -52,7 +52,7 @@ def test_centralized_synthetic_run_writes_results(tmp_path):
 
     out = tmp_path / "run"
     code = main(["centralized", "--out", str(out), "--epochs", "4", "--frames", "32",
-                 "--device", "cpu", "--threads", "1"])
+                 "--device", "cpu", "--threads", "1", "--optimizer", "adamw", "--lr", "0.002"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     chance = 1.0 / results["num_classes"]
