@@ -15,7 +15,6 @@ and global model), ``app/`` (the app bundle submitted to the SuperLink), ``logs/
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import logging
@@ -34,6 +33,7 @@ from server.control import Control, ControlError
 from server.federation_config import FederationConfig
 from server.status import read_status, write_status
 from skeletons.atomic import write_json
+from skeletons.processes import spawn, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +44,6 @@ NODES_EVERY_S = 5.0
 
 class CoordinatorError(RuntimeError):
     """The coordinator cannot start or its SuperLink failed; the message says why and where to look."""
-
-
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when the daemon dies, even by SIGKILL (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start ``cmd`` with its output appended to ``log_path``; it dies with this process."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    out: TextIO = open(log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
-    out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-    out.flush()
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def tail(path: Path, lines: int = 15) -> str:
