@@ -93,6 +93,7 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
             "compute_max_s": rec.compute_max_s,
             "uplink_bytes": rec.uplink_bytes,
             "downlink_bytes": rec.downlink_bytes,
+            "sites_asked": rec.sites_asked,
             "sites_ok": rec.sites_ok,
             "sites_failed": rec.sites_failed,
             "dropped": rec.dropped,

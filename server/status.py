@@ -44,6 +44,7 @@ def round_summary(record: Any) -> dict[str, Any]:
         "round": record.round,
         "wall_s": record.wall_s,
         "compute_s": record.compute_s,
+        "sites_asked": record.sites_asked,
         "sites_ok": record.sites_ok,
         "sites_failed": record.sites_failed,
         "dropped": list(record.dropped),

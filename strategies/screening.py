@@ -34,8 +34,9 @@ class RoundRecord:
     compute_max_s: float = 0.0
     uplink_bytes: int = 0
     downlink_bytes: int = 0
+    sites_asked: int = 0  # train messages sent out this round
     sites_ok: int = 0
-    sites_failed: int = 0
+    sites_failed: int = 0  # asked but dropped, errored or silent until the round's timeout
     dropped: list[str] = field(default_factory=list)
     received_keys: list[str] = field(default_factory=list)  # parameter names that left the sites
     train: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -129,7 +130,9 @@ class ScreenedRounds:
         for key, value in self.client_config.items():
             config[key] = value
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        self.record_for(server_round).downlink_bytes = arrays_nbytes(arrays) * len(messages)
+        record = self.record_for(server_round)
+        record.downlink_bytes = arrays_nbytes(arrays) * len(messages)
+        record.sites_asked = len(messages)
         return messages
 
     def screen(self, server_round: int, replies: Iterable[Message], need_arrays: bool) -> list[Message]:
@@ -154,7 +157,12 @@ class ScreenedRounds:
         record = self.record_for(server_round)
         good = self.screen(server_round, replies, need_arrays=self.sends_arrays())
         record.sites_ok = len(good)
-        record.sites_failed = len(replies) - len(good)
+        silent = max(0, record.sites_asked - len(replies))
+        if silent:
+            reason = f"{silent} site(s) sent no reply before the round timed out"
+            log.warning("round %d: %s", server_round, reason)
+            record.dropped.append(reason)
+        record.sites_failed = len(replies) - len(good) + silent
         for msg in good:
             metrics = next(iter(msg.content.metric_records.values()))
             record.train[site_label(msg)] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

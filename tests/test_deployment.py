@@ -148,7 +148,8 @@ def test_coordinator_killed_and_resumed_matches_uninterrupted(federation):
 @pytest.mark.skipif(not screening_survives_error_replies(),
                     reason="strategies.screening.site_label reads the content of error replies, which have none")
 def test_killed_site_is_left_out_and_rejoins(federation):
-    fed = federation(sites=HONEST, rounds=4, min_sites=2, name="killsite")
+    # A short round timeout: the round that asked the killed site waits for it only this long.
+    fed = federation(sites=HONEST, rounds=4, min_sites=2, name="killsite", run={"timeout-s": 120.0})
     fed.start_coordinator()
     for site in HONEST:
         fed.start_site(site)
@@ -166,6 +167,8 @@ def test_killed_site_is_left_out_and_rejoins(federation):
     rounds = status["rounds"]
     assert status["state"] == "completed" and len(rounds) == 4
     assert rounds[0]["sites_ok"] == 3
-    assert rounds[1]["sites_ok"] == 2 and rounds[1]["sites_failed"] >= 1, rounds[1]
+    # Round 2 goes on with the two live sites; if it still asked site-c, site-c counts as failed.
+    assert rounds[1]["sites_ok"] == 2, rounds[1]
+    assert rounds[1]["sites_failed"] == rounds[1]["sites_asked"] - 2, rounds[1]
     assert any(r["sites_ok"] == 3 for r in rounds[2:]), rounds  # site-c is back
     assert "site-c" in status["last_round"]["train"] or rounds[2]["sites_ok"] == 3

@@ -88,3 +88,15 @@ def test_error_reply_is_dropped_not_fatal():
     arrays, _ = strategy.aggregate_train(1, [reply(good, 10, 1), failed])
     np.testing.assert_allclose(arrays["w"].numpy(), 1.0)
     assert strategy.history[-1].sites_failed == 1 and "node-9" in strategy.history[-1].dropped[0]
+
+
+def test_site_silent_until_the_timeout_counts_as_failed():
+    strategy = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=1, num_sites=3)
+    strategy._expected = reference()
+    strategy._round_started = time.perf_counter()
+    strategy.record_for(1).sites_asked = 3  # as configure_train records it
+    good = ArrayRecord(OrderedDict(w=torch.ones(2, 3), b=torch.ones(3)))
+    strategy.aggregate_train(1, [reply(good, 10, 1), reply(good, 10, 2)])
+    record = strategy.history[-1]
+    assert record.sites_ok == 2 and record.sites_failed == 1
+    assert "no reply" in record.dropped[0]
