@@ -13,10 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from simulations.run import add_run_options, settings_from_args
+from simulations.run import add_run_options, scenario_for_engine, settings_from_args
 from skeletons.atomic import write_json
 from skeletons.clikit import UserError
-from skeletons.scenario import resolve_scenario
 from strategies.registry import STRATEGY_NAMES
 
 
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir = out / f"{strategy}-seed{seed}"
             settings = settings_from_args(args, strategy, run_dir)
             print(f"== {strategy}, seed {seed}", flush=True)
-            runs.setdefault(strategy, []).append(simulate(resolve_scenario(settings.scenario, settings.paths_file or None), settings))
+            runs.setdefault(strategy, []).append(simulate(scenario_for_engine(args, settings), settings))
     summary = summarize_runs(runs)
     write_json(out / "comparison.json", summary)
     table = comparison_table(summary)

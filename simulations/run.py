@@ -8,7 +8,7 @@ from pathlib import Path
 from server.settings import RunSettings
 from simulations.report import site_table
 from skeletons.clikit import UserError
-from skeletons.scenario import ScenarioError, builtin_scenarios, resolve_scenario
+from skeletons.scenario import Scenario, ScenarioError, builtin_scenarios, resolve_scenario
 from strategies.registry import STRATEGY_NAMES
 
 
@@ -29,6 +29,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mkd", action="store_true", help="fsar without multi-grain distillation")
     parser.add_argument("--grains", default=None, help="MKD grains, e.g. 1,2")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
+    parser.add_argument("--site-cpus", type=float, default=None,
+                        help="CPUs the engine reserves per site (overrides the scenario's num_cpus); "
+                             "e.g. the machine's core count to train one site at a time")
     privacy = parser.add_argument_group("privacy (see docs/privacy.md)")
     privacy.add_argument("--dp-epsilon", default=None, help="DP-SGD on every site: target epsilon for the run (inf: off)")
     privacy.add_argument("--dp-delta", type=float, default=None, help="DP-SGD delta (default 1e-5)")
@@ -92,12 +95,24 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     return settings
 
 
+def scenario_for_engine(args: argparse.Namespace, settings: RunSettings) -> Scenario:
+    """The run's scenario with ``--site-cpus`` applied to every site."""
+    scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
+    cpus = getattr(args, "site_cpus", None)
+    if cpus is not None:
+        if not cpus > 0:
+            raise UserError(f"--site-cpus must be > 0, got {cpus}")
+        for site in scenario.sites:
+            site.num_cpus = float(cpus)
+    return scenario
+
+
 def run(args: argparse.Namespace) -> int:
     from simulations.engine import simulate
 
     out = Path(args.out)
     settings = settings_from_args(args, args.strategy, out)
-    scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
+    scenario = scenario_for_engine(args, settings)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "
           f"{settings.num_server_rounds} rounds -> {out}/results.json", flush=True)
     results = simulate(scenario, settings)

@@ -1,0 +1,53 @@
+"""``fedsar-sim run``/``compare`` options that shape the engine and the comparison table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from simulations.compare import comparison_table, summarize_runs
+from simulations.run import add_arguments, scenario_for_engine, settings_from_args
+from skeletons.clikit import UserError
+
+TINY = Path(__file__).parent / "scenarios" / "tiny.toml"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--scenario", str(TINY), *argv])
+
+
+def test_site_cpus_overrides_every_site(tmp_path):
+    args = parse("--site-cpus", "2")
+    scenario = scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
+    assert [s.num_cpus for s in scenario.sites] == [2.0, 2.0]
+    args = parse()
+    scenario = scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
+    assert [s.num_cpus for s in scenario.sites] == [1.0, 1.0]  # the scenario's own value
+
+
+def test_site_cpus_must_be_positive(tmp_path):
+    args = parse("--site-cpus", "0")
+    with pytest.raises(UserError, match="--site-cpus"):
+        scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
+
+
+def _result(seed: int, a: float, b: float) -> dict:
+    return {
+        "scenario": "tiny", "settings": {"seed": seed},
+        "sites": {"a": {"final_accuracy": a}, "b": {"final_accuracy": b}},
+        "final": {"mean_accuracy": (a + b) / 2, "overhead_ratio": 1.1},
+        "rounds": [{"uplink_bytes": 1_000_000}],
+    }
+
+
+def test_comparison_reports_mean_and_spread_over_seeds():
+    summary = summarize_runs({"fsar": [_result(0, 0.5, 0.3), _result(1, 0.7, 0.5)]})
+    assert summary["fsar"]["mean_accuracy"]["mean"] == pytest.approx(0.5)
+    assert summary["fsar"]["mean_accuracy"]["std"] == pytest.approx(0.1)
+    assert summary["fsar"]["sites"]["a"]["mean"] == pytest.approx(0.6)
+    table = comparison_table(summary)
+    assert "| fsar | 60.0 ± 10.0 | 40.0 ± 10.0 | **50.0 ± 10.0** | 1.00 MB | 1.10 |" in table
