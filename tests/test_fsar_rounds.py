@@ -1,0 +1,156 @@
+"""FSAR's site recipe over real rounds, in process: the same server loop and ClientApp
+functions as the simulation, delivered by a loopback grid instead of Ray.
+
+What is checked is what a site trains with in round 2: its own personal parameters from
+round 1 (unique topology, topology scalars, head), the received global shared weights,
+a teacher that is that same global model with the site's own head, and the recipe
+(fresh optimizer, distillation weights, proximal term) from the strategy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+import client.trainer as trainer
+from client.app import evaluate, train
+from models.roles import parameter_kind, split_state
+from server.federation import run_federation
+from server.settings import RunSettings
+from skeletons.scenario import load_scenario
+
+TINY = Path(__file__).parent / "scenarios" / "tiny.toml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def server_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class Loopback(Grid):
+    """Delivers every message to the site's ClientApp function, one site after another."""
+
+    def __init__(self, num_sites: int) -> None:
+        self.contexts = {
+            i + 1: Context(run_id=1, node_id=i + 1, node_config={"partition-id": i}, state=RecordDict(), run_config={})
+            for i in range(num_sites)
+        }
+        self._ids = itertools.count()
+
+    def set_run(self, run):
+        pass
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for m in sorted(messages, key=lambda m: m.metadata.dst_node_id):  # sites in a fixed order
+            nid = m.metadata.dst_node_id
+            meta = Metadata(run_id=1, message_id=f"m{next(self._ids)}", src_node_id=0, dst_node_id=nid,
+                            reply_to_message_id="", group_id=m.metadata.group_id, created_at=time.time(),
+                            ttl=600.0, message_type=m.metadata.message_type)
+            incoming = Message(content=m.content, metadata=meta)
+            handler = train if m.metadata.message_type.startswith("train") else evaluate
+            replies.append(handler(incoming, self.contexts[nid]))
+        return replies
+
+
+@pytest.fixture(scope="module")
+def fsar_calls():
+    """Two rounds of fsar on the tiny scenario; every local training call recorded."""
+    scenario = load_scenario(TINY)
+    calls: list[dict] = []
+    real_train = trainer.train
+
+    def recording_train(model, data, config, teacher=None, global_shared=None, **kwargs):
+        calls.append({
+            "start": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "teacher": None if teacher is None else {k: v.detach().clone() for k, v in teacher.state_dict().items()},
+            "global": None if global_shared is None else {k: v.detach().clone() for k, v in global_shared.items()},
+            "config": config,
+            "num_classes": model.num_classes,
+        })
+        out = real_train(model, data, config, teacher=teacher, global_shared=global_shared, **kwargs)
+        calls[-1]["end"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return out
+
+    config = dict(scenario.defaults)
+    config.update({"scenario": str(TINY), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
+                   "device": "cpu", "mu": 0.05})
+    trainer.train = recording_train
+    try:
+        results = run_federation(Loopback(len(scenario.sites)), RunSettings.from_run_config(config))
+    finally:
+        trainer.train = real_train
+    return calls, results
+
+
+def _personal(state):
+    return split_state(state, policy="fsar")[1]
+
+
+def test_each_site_starts_round_two_from_its_own_personal_parameters(fsar_calls):
+    calls, _ = fsar_calls
+    round1, round2 = calls[:2], calls[2:]
+    assert len(round2) == 2
+    for before, after in zip(round1, round2):
+        kept = _personal(before["end"])
+        assert {parameter_kind(k) for k in kept} == {"unique", "topology_scalar", "head"}
+        for key, value in kept.items():
+            assert torch.equal(after["start"][key], value), key
+    other = _personal(round1[1]["end"])
+    assert any(not torch.equal(round2[0]["start"][k], other[k]) for k in other)  # not the other site's
+
+
+def test_round_two_starts_from_the_global_shared_weights(fsar_calls):
+    calls, _ = fsar_calls
+    for call in calls[2:]:
+        shared = split_state(call["start"], policy="fsar")[0]
+        assert set(call["global"]) == set(shared)
+        for key, value in call["global"].items():
+            assert torch.equal(shared[key], value), key
+
+
+def test_teacher_is_the_received_global_model_with_the_site_head(fsar_calls):
+    calls, _ = fsar_calls
+    assert calls[0]["teacher"] is None and calls[1]["teacher"] is None  # round 1: untrained global
+    for call in calls[2:]:
+        teacher = call["teacher"]
+        assert teacher is not None
+        for key, value in call["start"].items():
+            assert torch.equal(teacher[key], value), key
+        assert teacher["head.weight"].shape[0] == call["num_classes"]
+
+
+def test_recipe_reaches_the_site(fsar_calls):
+    calls, results = fsar_calls
+    for call in calls:
+        config = call["config"]
+        assert config.schedule == "constant" and config.epochs == 1
+        assert config.mu == pytest.approx(0.05)
+        assert config.grains == [1, 2] and config.lambda_kd > 0 and config.lambda_mg > 0
+    assert results["final"]["rounds"] == 2
