@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=("cosine", "step", "constant"), default=d.schedule)
     parser.add_argument("--rotate", type=float, default=RECIPE["rotate"],
                         help="max random rotation per axis, degrees (0: off)")
+    parser.add_argument("--rotate-axes", default=RECIPE["rotate_axes"],
+                        help="axes of the random rotation, letters of xyz (y is vertical)")
     parser.add_argument("--scale", type=float, default=RECIPE["scale"],
                         help="max random scaling per axis (0: off)")
     parser.add_argument("--shear", type=float, default=RECIPE["shear"])
@@ -65,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="slim", help="model preset: slim, wide, reference")
     parser.add_argument("--model-overrides", default=None,
                         help='JSON object of ModelConfig fields, e.g. \'{"temporal_kernel": 5}\'')
-    parser.add_argument("--frames", type=int, default=52, help="frames per sequence after resampling")
+    parser.add_argument("--frames", type=int, default=RECIPE["frames"], help="frames per sequence after resampling")
+    parser.add_argument("--canonical-view", action=argparse.BooleanOptionalAction, default=RECIPE["canonical_view"],
+                        help="rotate every sequence about the vertical so the body faces the camera")
     parser.add_argument("--persons", type=int, default=None,
                         help="persons per sample (default: most in the data, at most 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -85,10 +89,13 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 4e-4,
     "warmup": 3.0,
     "rotate": 17.0,
+    "rotate_axes": "xyz",
     "scale": 0.1,
     "shear": 0.0,
     "temporal_crop": 0.0,
     "label_smoothing": 0.0,
+    "frames": 52,
+    "canonical_view": False,
 }
 
 
@@ -200,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = args.protocol or DEFAULT_PROTOCOL.get(args.dataset, "subject")
     train_idx, test_idx = split_indices(dataset, protocol, args.test_fraction, args.seed)
     persons = args.persons or min(2, max(s.joints.shape[1] for s in dataset.samples))
-    prep = PreprocessConfig(num_frames=args.frames, num_persons=persons)
+    prep = PreprocessConfig(num_frames=args.frames, num_persons=persons, canonical_view=args.canonical_view)
     x, y = to_arrays(dataset, prep)
     print(f"{dataset.name}: {len(train_idx)} training, {len(test_idx)} test samples, "
           f"{dataset.num_classes} classes, protocol {protocol}, device {device}, "
@@ -213,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
             weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
-            rotate=args.rotate, scale=args.scale, shear=args.shear,
+            rotate=args.rotate, rotate_axes=args.rotate_axes, scale=args.scale, shear=args.shear,
             temporal_crop=args.temporal_crop, label_smoothing=args.label_smoothing,
             device=str(device), seed=args.seed,
         )
