@@ -98,7 +98,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
 def scenario_for_engine(args: argparse.Namespace, settings: RunSettings) -> Scenario:
     """The run's scenario with ``--site-cpus`` applied to every site."""
     scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
-    cpus = getattr(args, "site_cpus", None)
+    cpus = args.site_cpus
     if cpus is not None:
         if not cpus > 0:
             raise UserError(f"--site-cpus must be > 0, got {cpus}")

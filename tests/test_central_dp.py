@@ -8,9 +8,9 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
+
+from inprocess_grid import InProcessGrid, coordinator_identity
 
 from privacy.central import (
     CentralDPSettings,
@@ -27,39 +27,8 @@ SIZE = 30000  # parameters: enough to measure the noise's standard deviation
 
 @pytest.fixture(autouse=True)
 def server_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-class Nodes(Grid):
-    """Only what strategies need to sample sites."""
-
-    def __init__(self, n: int) -> None:
-        self.ids = list(range(1, n + 1))
-
-    def set_run(self, run):
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(self.ids)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        raise NotImplementedError
+    with coordinator_identity():
+        yield
 
 
 def arrays(values: np.ndarray) -> ArrayRecord:
@@ -95,7 +64,7 @@ def test_server_side_clipping_equal_weights_and_noise_scale():
     rng = np.random.default_rng(0)
     inner, strategy = wrapped(noise=2.0, clip=1.0)
     start = np.zeros(SIZE, np.float32)
-    messages = list(strategy.configure_train(1, arrays(start), ConfigRecord({}), Nodes(3)))
+    messages = list(strategy.configure_train(1, arrays(start), ConfigRecord({}), InProcessGrid.listing(3)))
     assert len(messages) == 3
     updates = [rng.normal(size=SIZE) * s for s in (0.1, 0.5, 2.0)]  # norms ~17, ~87, ~346: all clipped
     counts = (10, 100, 1000)  # FedAvg would weigh by these; central DP must not
@@ -118,7 +87,7 @@ def test_a_missing_site_is_accounted_with_the_effective_noise(tmp_path):
     _, strategy = wrapped(noise=1.5, clip=1.0, record_path=path)
     zeros = np.zeros(100, np.float32)
     for rnd in (1, 2):
-        list(strategy.configure_train(rnd, arrays(zeros), ConfigRecord({}), Nodes(3)))
+        list(strategy.configure_train(rnd, arrays(zeros), ConfigRecord({}), InProcessGrid.listing(3)))
         replies = [reply(1, zeros + 0.01, 10), reply(2, zeros - 0.01, 10)]
         replies.append(reply(3, zeros, 0, declined=True) if rnd == 2 else reply(3, zeros, 10))
         strategy.aggregate_train(rnd, replies)
@@ -158,7 +127,7 @@ def test_client_side_clipping_mod_clips_the_site_update():
 
 def test_client_side_wrapper_sends_the_clipping_norm():
     _, strategy = wrapped(clipping="client")
-    messages = list(strategy.configure_train(1, arrays(np.zeros(4)), ConfigRecord({}), Nodes(3)))
+    messages = list(strategy.configure_train(1, arrays(np.zeros(4)), ConfigRecord({}), InProcessGrid.listing(3)))
     assert all(m.content["config"]["clipping_norm"] == 1.0 for m in messages)
 
 
@@ -170,9 +139,9 @@ def test_run_config_and_coordinator_checks():
         CentralDPSettings.from_run_config({"central-dp-noise": 1, "central-dp-clipping": "middle"})
     inner = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=3, num_sites=3)
     with pytest.raises(ValueError, match="central-dp-clipping = 'client'"):
-        coordinator_privacy(inner, Nodes(3), {"secagg": "true", "central-dp-noise": 1.0}, num_rounds=3, num_sites=3)
+        coordinator_privacy(inner, InProcessGrid.listing(3), {"secagg": "true", "central-dp-noise": 1.0}, num_rounds=3, num_sites=3)
     local = build_strategy("local", StrategyOptions(), eval_every=1, num_rounds=3, num_sites=3)
     with pytest.raises(ValueError, match="not 'local'"):
-        coordinator_privacy(local, Nodes(3), {"central-dp-noise": 1.0}, num_rounds=3, num_sites=3)
-    plain = coordinator_privacy(inner, Nodes(3), {"dp-epsilon": 8}, num_rounds=3, num_sites=3)
+        coordinator_privacy(local, InProcessGrid.listing(3), {"central-dp-noise": 1.0}, num_rounds=3, num_sites=3)
+    plain = coordinator_privacy(inner, InProcessGrid.listing(3), {"dp-epsilon": 8}, num_rounds=3, num_sites=3)
     assert plain.strategy is inner and plain.train_keys == {"dp-epsilon": 8, "num-server-rounds": 3}

@@ -9,18 +9,15 @@ a teacher that is that same global model with the site's own head, and the recip
 
 from __future__ import annotations
 
-import itertools
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, Message, Metadata, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Message
 
 import client.trainer as trainer
 from client.app import evaluate, train
+from inprocess_grid import InProcessGrid, coordinator_identity
 from models.roles import parameter_kind, split_state
 from server.federation import run_federation
 from server.settings import RunSettings
@@ -31,52 +28,13 @@ TINY = Path(__file__).parent / "scenarios" / "tiny.toml"
 
 @pytest.fixture(scope="module", autouse=True)
 def server_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    with coordinator_identity():
+        yield
 
 
-class Loopback(Grid):
-    """Delivers every message to the site's ClientApp function, one site after another."""
-
-    def __init__(self, num_sites: int) -> None:
-        self.contexts = {
-            i + 1: Context(run_id=1, node_id=i + 1, node_config={"partition-id": i}, state=RecordDict(), run_config={})
-            for i in range(num_sites)
-        }
-        self._ids = itertools.count()
-
-    def set_run(self, run):
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for m in sorted(messages, key=lambda m: m.metadata.dst_node_id):  # sites in a fixed order
-            nid = m.metadata.dst_node_id
-            meta = Metadata(run_id=1, message_id=f"m{next(self._ids)}", src_node_id=0, dst_node_id=nid,
-                            reply_to_message_id="", group_id=m.metadata.group_id, created_at=time.time(),
-                            ttl=600.0, message_type=m.metadata.message_type)
-            incoming = Message(content=m.content, metadata=meta)
-            handler = train if m.metadata.message_type.startswith("train") else evaluate
-            replies.append(handler(incoming, self.contexts[nid]))
-        return replies
+def site_function(msg: Message, context: Context) -> Message:
+    """The ClientApp's train or evaluate function, as the message type asks."""
+    return (train if msg.metadata.message_type.startswith("train") else evaluate)(msg, context)
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +59,15 @@ def fsar_calls():
     config = dict(scenario.defaults)
     config.update({"scenario": str(TINY), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
                    "device": "cpu", "mu": 0.05})
+    grid = InProcessGrid({i + 1: site_function for i in range(len(scenario.sites))},
+                         node_config=lambda nid: {"partition-id": nid - 1})
     trainer.train = recording_train
     try:
-        results = run_federation(Loopback(len(scenario.sites)), RunSettings.from_run_config(config))
+        results = run_federation(grid, RunSettings.from_run_config(config))
     finally:
         trainer.train = real_train
+    errors = [reply.error.reason for reply in grid.uplink if reply.has_error()]
+    assert not errors, errors
     return calls, results
 
 

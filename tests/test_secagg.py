@@ -7,18 +7,16 @@ in-process sites with their own ``Context``, so the full four-stage protocol run
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
-import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, Metadata, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from inprocess_grid import InProcessGrid, coordinator_identity
 from privacy.secagg import SecAggPlusGrid, SecAggSettings, secaggplus_when_requested
 
 SHAPES = {"w": (3, 4), "b": (5,)}
@@ -26,57 +24,17 @@ SHAPES = {"w": (3, 4), "b": (5,)}
 
 @pytest.fixture(autouse=True)
 def server_identity():
-    """Messages created on the coordinator need its task identity."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    with coordinator_identity():
+        yield
 
 
-class Loopback(Grid):
-    """Delivers each message to an in-process site app (through the SecAgg+ mod)."""
+def loopback(apps) -> InProcessGrid:
+    """In-process sites, each behind the SecAgg+ mod."""
+    return InProcessGrid({nid: functools.partial(through_mod, app=app) for nid, app in apps.items()})
 
-    def __init__(self, apps):
-        self.apps = apps
-        self.contexts = {nid: Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(), run_config={})
-                         for nid in apps}
-        self.uplink: list[Message] = []
-        self._ids = itertools.count()
 
-    def set_run(self, run):
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(self.apps)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for m in messages:
-            nid = m.metadata.dst_node_id
-            meta = Metadata(run_id=1, message_id=f"m{next(self._ids)}", src_node_id=0, dst_node_id=nid,
-                            reply_to_message_id="", group_id=m.metadata.group_id, created_at=time.time(), ttl=60.0,
-                            message_type=m.metadata.message_type)
-            incoming = Message(content=m.content, metadata=meta)
-            try:
-                reply = secaggplus_when_requested(incoming, self.contexts[nid], self.apps[nid])
-            except Exception as err:  # noqa: BLE001 - Flower turns a failing ClientApp into an error reply
-                reply = Message(Error(code=1, reason=str(err)), reply_to=incoming)
-            self.uplink.append(reply)
-            replies.append(reply)
-        return replies
+def through_mod(msg: Message, context: Context, app) -> Message:
+    return secaggplus_when_requested(msg, context, app)
 
 
 def record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -120,7 +78,7 @@ def weighted_mean(params, weights):
 def test_secure_average_equals_weighted_mean_and_nothing_plain_goes_up():
     counts = {11: 10, 12: 30, 13: 20, 14: 40}
     params, apps = make_sites(counts)
-    loop = Loopback(apps)
+    loop = loopback(apps)
     grid = SecAggPlusGrid(loop, SecAggSettings(max_weight=100.0))
     replies = list(grid.send_and_receive(train_messages(counts)))
     expected = weighted_mean(params, counts)
@@ -144,7 +102,7 @@ def test_a_site_dropping_out_and_a_declining_site():
     counts = {21: 10, 22: 30, 23: 20, 24: 0}  # 24 declines: weight 0
     params, apps = make_sites(counts, seed=1)
     apps[23] = failing_app  # fails while training (stage 2): its pairwise masks are removed
-    grid = SecAggPlusGrid(Loopback(apps), SecAggSettings(max_weight=100.0, threshold=0.5))
+    grid = SecAggPlusGrid(loopback(apps), SecAggSettings(max_weight=100.0, threshold=0.5))
     replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(train_messages(counts))}
     assert replies[23].has_error() and "disk failed" in replies[23].error.reason
     expected = weighted_mean(params, {21: 10, 22: 30})
@@ -158,7 +116,7 @@ def test_a_site_dropping_out_and_a_declining_site():
 def test_uniform_weights_for_central_dp():
     counts = {31: 5, 32: 50, 33: 500}
     params, apps = make_sites(counts, seed=2)
-    grid = SecAggPlusGrid(Loopback(apps), SecAggSettings(), uniform=True)
+    grid = SecAggPlusGrid(loopback(apps), SecAggSettings(), uniform=True)
     reply = next(iter(grid.send_and_receive(train_messages(counts, uniform=True))))
     expected = weighted_mean(params, {31: 1, 32: 1, 33: 1})
     for key, value in reply.content["arrays"].items():
@@ -169,7 +127,7 @@ def test_a_site_outside_the_clipping_range_drops_out_instead_of_corrupting_the_s
     counts = {41: 10, 42: 10, 43: 10}
     params, apps = make_sites(counts, seed=3)
     params[43]["w"][0, 0] = 500.0
-    grid = SecAggPlusGrid(Loopback(apps), SecAggSettings(max_weight=10.0, threshold=0.5))
+    grid = SecAggPlusGrid(loopback(apps), SecAggSettings(max_weight=10.0, threshold=0.5))
     replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(train_messages(counts))}
     assert replies[43].has_error() and "clipping range" in replies[43].error.reason
     expected = weighted_mean(params, {41: 10, 42: 10})
@@ -182,7 +140,7 @@ def test_strategy_aggregates_the_secure_average():
     counts = {51: 10, 52: 30, 53: 20}
     params, apps = make_sites(counts, seed=4)
     strategy = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=1, num_sites=3)
-    grid = SecAggPlusGrid(Loopback(apps), SecAggSettings(max_weight=100.0))
+    grid = SecAggPlusGrid(loopback(apps), SecAggSettings(max_weight=100.0))
     zeros = record({k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
     messages = strategy.configure_train(1, zeros, ConfigRecord({}), grid)
     arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
@@ -194,7 +152,7 @@ def test_strategy_aggregates_the_secure_average():
 
 def test_fewer_than_two_sites_halts_with_a_reason():
     params, apps = make_sites({61: 10})
-    replies = list(SecAggPlusGrid(Loopback(apps), SecAggSettings()).send_and_receive(train_messages([61])))
+    replies = list(SecAggPlusGrid(loopback(apps), SecAggSettings()).send_and_receive(train_messages([61])))
     assert replies[0].has_error() and "at least 2" in replies[0].error.reason
 
 
