@@ -103,6 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 
         record_privacy_spent(setup.spec.name, privacy_metrics["privacy-epsilon"])
     seconds = time.perf_counter() - started
+    trained = _evaluate_trained(model, data, config)
 
     shared, personal = split_parameters(model, policy)
     keep_personal(context, personal)
@@ -114,6 +115,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": float(metrics["loss"]),
             "train-accuracy": float(metrics["accuracy"]),
             "train-seconds": float(seconds),
+            **trained,
             **privacy_metrics,
         }),
         "site": _site_record(setup.spec.name),
@@ -121,6 +123,27 @@ def train(msg: Message, context: Context) -> Message:
     answer = Message(reply, reply_to=msg)
     record_exchange(context, "train", msg, answer)
     return answer
+
+
+def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord) -> dict[str, float]:
+    """Test-split accuracy of the model the site holds right after its local training.
+
+    This is the site's personalized model before the coordinator averages anything: the
+    model a site would deploy under personalized federated learning. The ``evaluate``
+    step measures the other candidate, the new global shared part with the site's
+    personal part. Off when the run config sets ``eval-trained`` to false.
+    """
+    if not bool(config.get("eval-trained", True)) or len(data.y_test) == 0:
+        return {}
+    from client.trainer import evaluate as evaluate_model
+
+    started = time.perf_counter()
+    result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
+    return {
+        "trained-accuracy": float(result["accuracy"]),
+        "trained-loss": float(result["loss"]),
+        "trained-eval-seconds": time.perf_counter() - started,
+    }
 
 
 def _declined(msg: Message, context: Context, received: ArrayRecord, site: str, stop) -> Message:

@@ -80,14 +80,19 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
     """The results document of DESIGN.md's simulation results contract."""
     rounds = []
     last_eval: dict[str, dict[str, float]] = {}
+    last_trained: dict[str, float] = {}
     for rec in history:
         accs = [m["eval-accuracy"] for m in rec.evaluate.values() if "eval-accuracy" in m]
+        trained = {k: m["trained-accuracy"] for k, m in rec.train.items() if "trained-accuracy" in m}
         if rec.evaluate:
             last_eval = rec.evaluate
+        last_trained.update(trained)
         rounds.append({
             "round": rec.round,
             "mean_accuracy": statistics.fmean(accs) if accs else None,
             "site_accuracy": {k: v.get("eval-accuracy") for k, v in rec.evaluate.items()},
+            "mean_trained_accuracy": statistics.fmean(trained.values()) if trained else None,
+            "site_trained_accuracy": trained,
             "wall_s": rec.wall_s,
             "compute_s": rec.compute_s,
             "compute_max_s": rec.compute_max_s,
@@ -99,8 +104,13 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
             "dropped": rec.dropped,
             "train_loss": {k: v.get("train-loss") for k, v in rec.train.items()},
         })
-    sites = {name: {"final_accuracy": m.get("eval-accuracy"), "test_examples": m.get("num-examples")} for name, m in last_eval.items()}
+    sites = {
+        name: {"final_accuracy": m.get("eval-accuracy"), "trained_accuracy": last_trained.get(name),
+               "test_examples": m.get("num-examples")}
+        for name, m in last_eval.items()
+    }
     finals = [s["final_accuracy"] for s in sites.values() if s["final_accuracy"] is not None]
+    trained_finals = [s["trained_accuracy"] for s in sites.values() if s["trained_accuracy"] is not None]
     return {
         "scenario": scenario.name,
         "strategy": settings.strategy,
@@ -109,8 +119,12 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
         "final": {
             "mean_accuracy": statistics.fmean(finals) if finals else None,
             "std_accuracy": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+            # each site's model right after its last local training (before averaging)
+            "mean_trained_accuracy": statistics.fmean(trained_finals) if trained_finals else None,
             "rounds": len(history),
         },
+        # False while the run is going (results.json is rewritten after every round)
+        "complete": False,
         "rounds": rounds,
         "uplink_parameters": sorted({k for rec in history for k in rec.received_keys}),
     }
@@ -150,6 +164,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "optimizer": settings.optimizer,
         "device": settings.device,
         "federation": str(settings.extra.get("federation", "")),
+        "eval-trained": settings.eval_trained,
     })
     out = Path(settings.out_dir) if settings.out_dir else None
     from privacy.coordinator import coordinator_privacy  # site DP keys, central DP, secure aggregation
@@ -179,6 +194,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     if hooks is not None:
         hooks.finish(strategy)
     results = summarize(scenario, settings, strategy.history)
+    results["complete"] = True
     results["total_wall_s"] = time.perf_counter() - started
     results["model"] = {"layout": scenario.layout, "config": model_config, "policy": policy}
     results["privacy"] = privacy.report()

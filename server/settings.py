@@ -20,6 +20,7 @@ class RunSettings:
     learning_rate: float = 0.05
     optimizer: str = "sgd"
     eval_every: int = 1
+    eval_trained: bool = True  # sites also score their model right after local training
     seed: int = 0
     data_root: str = ""
     paths_file: str = ""  # TOML naming where each site's data set lives (fsar-paper)

@@ -63,15 +63,21 @@ def summarize_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for strategy, results in runs.items():
         sites: dict[str, list[float]] = {}
+        trained_sites: dict[str, list[float]] = {}
         for res in results:
             for name, site in res["sites"].items():
                 if site["final_accuracy"] is not None:
                     sites.setdefault(name, []).append(site["final_accuracy"])
+                if site.get("trained_accuracy") is not None:
+                    trained_sites.setdefault(name, []).append(site["trained_accuracy"])
+        trained = [r["final"].get("mean_trained_accuracy") for r in results]
         rounds = [r for res in results for r in res["rounds"]]
         overhead = [r["final"]["overhead_ratio"] for r in results if r["final"].get("overhead_ratio")]
         out[strategy] = {
             "mean_accuracy": _mean_std([r["final"]["mean_accuracy"] for r in results if r["final"]["mean_accuracy"] is not None]),
             "sites": {name: _mean_std(v) for name, v in sites.items()},
+            "mean_trained_accuracy": _mean_std([t for t in trained if t is not None]) if any(t is not None for t in trained) else None,
+            "trained_sites": {name: _mean_std(v) for name, v in trained_sites.items()},
             "uplink_bytes_per_round": statistics.fmean(r["uplink_bytes"] for r in rounds) if rounds else 0.0,
             "overhead_ratio": statistics.fmean(overhead) if overhead else None,
             "seeds": [r["settings"]["seed"] for r in results],
@@ -81,16 +87,22 @@ def summarize_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def comparison_table(summary: dict[str, Any]) -> str:
+    """Two blocks of rows per table: the sites' models as evaluated after the last
+    aggregation (global + personal), then right after their last local training."""
     sites = sorted({name for s in summary.values() for name in s["sites"]})
-    head = "| strategy | " + " | ".join(sites) + " | mean | uplink/round | overhead |"
-    lines = [head, "|" + "---|" * (len(sites) + 4)]
-    for strategy, s in summary.items():
-        cells = [_fmt(s["sites"].get(n)) for n in sites]
-        ratio = s["overhead_ratio"]
-        lines.append(
-            f"| {strategy} | " + " | ".join(cells) + f" | **{_fmt(s['mean_accuracy'])}** | "
-            f"{s['uplink_bytes_per_round'] / 1e6:.2f} MB | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
-        )
+    head = "| strategy | evaluated | " + " | ".join(sites) + " | mean | uplink/round | overhead |"
+    lines = [head, "|" + "---|" * (len(sites) + 5)]
+    views = (("global + personal", "sites", "mean_accuracy"), ("after local training", "trained_sites", "mean_trained_accuracy"))
+    for label, sites_key, mean_key in views:
+        for strategy, s in summary.items():
+            if not s.get(mean_key):
+                continue
+            cells = [_fmt(s[sites_key].get(n)) for n in sites]
+            ratio = s["overhead_ratio"]
+            lines.append(
+                f"| {strategy} | {label} | " + " | ".join(cells) + f" | **{_fmt(s[mean_key])}** | "
+                f"{s['uplink_bytes_per_round'] / 1e6:.2f} MB | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
+            )
     return "\n".join(lines)
 
 

@@ -10,6 +10,9 @@ from strategies.screening import RoundRecord
 def progress_line(record: RoundRecord, num_rounds: int) -> str:
     accs = [m["eval-accuracy"] for m in record.evaluate.values() if "eval-accuracy" in m]
     acc = f"mean site acc {100 * sum(accs) / len(accs):5.1f}%" if accs else "(no evaluation)     "
+    trained = [m["trained-accuracy"] for m in record.train.values() if "trained-accuracy" in m]
+    if trained:
+        acc += f" (after local training {100 * sum(trained) / len(trained):5.1f}%)"
     dropped = f"  dropped {len(record.dropped)}" if record.dropped else ""
     return (
         f"round {record.round:>3}/{num_rounds}  {acc}  wall {record.wall_s:6.1f}s  "
@@ -18,12 +21,17 @@ def progress_line(record: RoundRecord, num_rounds: int) -> str:
 
 
 def site_table(results: dict[str, Any]) -> str:
-    """Markdown table: one row per site with its final accuracy, then the mean."""
-    lines = ["| site | final top-1 |", "|---|---:|"]
+    """Markdown table: one row per site, then the mean.
+
+    "global + personal" is the new global model with the site's personal parameters
+    (after the last aggregation); "after local training" is the site's own model at the
+    end of its last local training, before averaging.
+    """
+    lines = ["| site | final top-1 (global + personal) | after local training |", "|---|---:|---:|"]
     for name, site in results["sites"].items():
-        acc = site.get("final_accuracy")
-        lines.append(f"| {name} | {_pct(acc)} |")
-    lines.append(f"| **mean** | **{_pct(results['final']['mean_accuracy'])}** |")
+        lines.append(f"| {name} | {_pct(site.get('final_accuracy'))} | {_pct(site.get('trained_accuracy'))} |")
+    final = results["final"]
+    lines.append(f"| **mean** | **{_pct(final['mean_accuracy'])}** | **{_pct(final.get('mean_trained_accuracy'))}** |")
     return "\n".join(lines)
 
 

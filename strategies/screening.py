@@ -166,7 +166,8 @@ class ScreenedRounds:
         for msg in good:
             metrics = next(iter(msg.content.metric_records.values()))
             record.train[site_label(msg)] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        seconds = [m.get("train-seconds", 0.0) for m in record.train.values()]
+        # site work: local training plus the optional test of the freshly trained model
+        seconds = [m.get("train-seconds", 0.0) + m.get("trained-eval-seconds", 0.0) for m in record.train.values()]
         record.compute_s = float(sum(seconds))
         record.compute_max_s = float(max(seconds, default=0.0))
         if not good:

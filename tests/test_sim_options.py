@@ -35,11 +35,12 @@ def test_site_cpus_must_be_positive(tmp_path):
         scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
 
 
-def _result(seed: int, a: float, b: float) -> dict:
+def _result(seed: int, a: float, b: float, trained: float = 0.9) -> dict:
     return {
         "scenario": "tiny", "settings": {"seed": seed},
-        "sites": {"a": {"final_accuracy": a}, "b": {"final_accuracy": b}},
-        "final": {"mean_accuracy": (a + b) / 2, "overhead_ratio": 1.1},
+        "sites": {"a": {"final_accuracy": a, "trained_accuracy": trained},
+                  "b": {"final_accuracy": b, "trained_accuracy": trained}},
+        "final": {"mean_accuracy": (a + b) / 2, "mean_trained_accuracy": trained, "overhead_ratio": 1.1},
         "rounds": [{"uplink_bytes": 1_000_000}],
     }
 
@@ -50,4 +51,14 @@ def test_comparison_reports_mean_and_spread_over_seeds():
     assert summary["fsar"]["mean_accuracy"]["std"] == pytest.approx(0.1)
     assert summary["fsar"]["sites"]["a"]["mean"] == pytest.approx(0.6)
     table = comparison_table(summary)
-    assert "| fsar | 60.0 ± 10.0 | 40.0 ± 10.0 | **50.0 ± 10.0** | 1.00 MB | 1.10 |" in table
+    assert "| fsar | global + personal | 60.0 ± 10.0 | 40.0 ± 10.0 | **50.0 ± 10.0** | 1.00 MB | 1.10 |" in table
+    assert "| fsar | after local training | 90.0 ± 0.0 | 90.0 ± 0.0 | **90.0 ± 0.0** |" in table
+
+
+def test_comparison_without_trained_accuracy_has_one_view():
+    old = _result(0, 0.5, 0.3)
+    old["final"].pop("mean_trained_accuracy")
+    for site in old["sites"].values():
+        site.pop("trained_accuracy")
+    table = comparison_table(summarize_runs({"fedavg": [old]}))
+    assert "global + personal" in table and "after local training" not in table

@@ -52,6 +52,18 @@ def test_results_follow_the_contract(runs, strategy):
         assert {"mean_accuracy", "uplink_bytes"} <= set(r)
     assert on_disk["final"]["mean_accuracy"] == pytest.approx(
         np.mean([s["final_accuracy"] for s in on_disk["sites"].values()]))
+    assert on_disk["complete"] is True
+    assert on_disk["final"]["mean_trained_accuracy"] == pytest.approx(
+        np.mean([s["trained_accuracy"] for s in on_disk["sites"].values()]))
+    assert all(set(r["site_trained_accuracy"]) == {"front", "side"} for r in on_disk["rounds"])
+
+
+def test_local_sites_are_evaluated_on_the_model_they_trained(runs):
+    """Under ``local`` nothing is averaged, so both evaluations see the same model; a
+    mix-up between the trained model and the global one would break the equality."""
+    _, results = runs["local"]
+    for site in results["sites"].values():
+        assert site["trained_accuracy"] == pytest.approx(site["final_accuracy"])
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
