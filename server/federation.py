@@ -144,6 +144,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     strategy = build_strategy(
         settings.strategy, options, eval_every=settings.eval_every, num_rounds=settings.num_server_rounds,
         num_sites=len(scenario.sites), fraction_train=settings.fraction_train, min_sites=settings.min_sites or None,
+        lr_schedule=settings.lr_schedule,
     )
     assert isinstance(strategy, ScreenedRounds)
     hooks = DeploymentHooks.from_settings(settings)  # deployed coordinator: checkpoints, resume, status

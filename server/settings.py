@@ -18,6 +18,7 @@ class RunSettings:
     local_epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 0.05
+    lr_schedule: str = "constant"  # of the sites' learning rate over rounds: constant or cosine
     optimizer: str = "sgd"
     eval_every: int = 1
     eval_trained: bool = True  # sites also score their model right after local training

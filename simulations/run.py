@@ -21,6 +21,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="site learning rate")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="site learning rate over rounds (scenario default, else constant)")
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -63,7 +65,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     config = dict(scenario.defaults)
     overrides = {
         "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
-        "learning-rate": args.lr, "eval-every": args.eval_every, "model-preset": args.model_preset,
+        "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,

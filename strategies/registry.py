@@ -44,13 +44,30 @@ def build_strategy(
     num_sites: int,
     fraction_train: float = 1.0,
     min_sites: int | None = None,
+    lr_schedule: str = "constant",
 ) -> Strategy:
-    """Instantiate the named strategy with reply screening and its site recipe."""
-    from strategies.baselines import LocalOnly, ScreenedFedAvg, ScreenedFedProx
-    from strategies.fsar import FSAR
+    """Instantiate the named strategy with reply screening and its site recipe.
+
+    ``lr_schedule`` scales the sites' learning rate per round (see
+    :func:`strategies.screening.round_lr_factor`)."""
+    from strategies.screening import LR_SCHEDULES
 
     if name not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"run config 'lr-schedule' {lr_schedule!r} unknown; choose from {', '.join(LR_SCHEDULES)}")
+    strategy = _build(name, options, num_sites, fraction_train, min_sites, eval_every, num_rounds)
+    strategy.lr_schedule = lr_schedule  # type: ignore[attr-defined]
+    return strategy
+
+
+def _build(
+    name: str, options: StrategyOptions, num_sites: int, fraction_train: float, min_sites: int | None,
+    eval_every: int, num_rounds: int,
+) -> Strategy:
+    from strategies.baselines import LocalOnly, ScreenedFedAvg, ScreenedFedProx
+    from strategies.fsar import FSAR
+
     minimum = min_sites if min_sites is not None else num_sites
     common: dict[str, Any] = dict(
         eval_every=eval_every,

@@ -22,6 +22,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 log = logging.getLogger(__name__)
 
 NUM_EXAMPLES = "num-examples"
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr_factor(server_round: int, num_rounds: int, schedule: str) -> float:
+    """Multiplier of the sites' learning rate in ``server_round`` (1-based).
+
+    ``cosine`` decays it over the run, from 1 in round 1 towards 0 after the last
+    round: late rounds move the shared parameters less, so the sites' models drift
+    apart less between averages. The last round keeps a small positive rate.
+    """
+    if schedule == "constant" or num_rounds <= 1:
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"learning-rate schedule {schedule!r} unknown; use {', '.join(LR_SCHEDULES)}")
+    return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / num_rounds))
 
 
 @dataclass
@@ -109,6 +124,7 @@ class ScreenedRounds:
     history: list[RoundRecord]
     eval_every: int = 1
     num_rounds: int = 0
+    lr_schedule: str = "constant"  # of the sites' learning rate over rounds
 
     def init_rounds(self, client_config: dict[str, Any] | None = None, eval_every: int = 1, num_rounds: int = 0) -> None:
         self.client_config = dict(client_config or {})
@@ -129,6 +145,9 @@ class ScreenedRounds:
         self._expected = arrays
         for key, value in self.client_config.items():
             config[key] = value
+        if "learning-rate" in config:
+            factor = round_lr_factor(server_round, self.num_rounds, self.lr_schedule)
+            config["learning-rate"] = float(config["learning-rate"]) * factor
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         record = self.record_for(server_round)
         record.downlink_bytes = arrays_nbytes(arrays) * len(messages)

@@ -59,9 +59,26 @@ def test_centralized_synthetic_run_writes_results(tmp_path):
     assert results["final"]["mean_accuracy"] > 2 * chance
     assert [h["epoch"] for h in results["history"]] == [1, 2, 3, 4]
     assert results["config"]["train"]["epochs"] == 4 and results["params"] > 0
+    assert results["config"]["model"]["input_range"] is True  # the default recipe's rescaling
     assert (out / "model.npz").is_file() and (out / "model.json").is_file()
 
     from models import load_model
 
     model = load_model(out / "model")
     assert model.num_classes == results["num_classes"]
+
+
+def test_default_recipe_is_the_measured_one():
+    """The defaults are the NW-UCLA recipe recorded in BENCHMARKS.md; a change here
+    must come with a new measurement."""
+    import argparse
+
+    from simulations.centralized import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "x"])
+    assert (args.optimizer, args.lr, args.epochs, args.rotate, args.rotate_axes, args.scale) == (
+        "adamw", 0.002, 60, 60.0, "xy", 0.3)
+    assert args.input_range is True and args.model == "slim"
+    assert parser.parse_args(["--out", "x", "--no-input-range"]).input_range is False

@@ -100,3 +100,24 @@ def test_site_silent_until_the_timeout_counts_as_failed():
     record = strategy.history[-1]
     assert record.sites_ok == 2 and record.sites_failed == 1
     assert "no reply" in record.dropped[0]
+
+
+def test_cosine_schedule_scales_the_sites_learning_rate_per_round():
+    from inprocess_grid import InProcessGrid, coordinator_identity
+    from strategies.screening import round_lr_factor
+
+    assert round_lr_factor(1, 8, "cosine") == pytest.approx(1.0)
+    assert round_lr_factor(5, 8, "cosine") == pytest.approx(0.5)
+    assert 0 < round_lr_factor(8, 8, "cosine") < 0.05
+    assert round_lr_factor(8, 8, "constant") == 1.0
+    with pytest.raises(ValueError, match="lr-schedule"):
+        build_strategy("fsar", StrategyOptions(), eval_every=1, num_rounds=8, num_sites=2, lr_schedule="linear")
+    strategy = build_strategy("fsar", StrategyOptions(), eval_every=1, num_rounds=8, num_sites=2, lr_schedule="cosine")
+    with coordinator_identity():
+        sent = {
+            rnd: list(strategy.configure_train(rnd, reference(), ConfigRecord({"learning-rate": 0.002}),
+                                               InProcessGrid.listing(2)))
+            for rnd in (1, 5)
+        }
+    rates = {rnd: [float(m.content["config"]["learning-rate"]) for m in msgs] for rnd, msgs in sent.items()}
+    assert rates[1] == pytest.approx([0.002, 0.002]) and rates[5] == pytest.approx([0.001, 0.001])
