@@ -73,12 +73,14 @@ def test_default_recipe_is_the_measured_one():
     must come with a new measurement."""
     import argparse
 
-    from simulations.centralized import add_arguments
+    from simulations.centralized import add_arguments, augmentation_for
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--out", "x"])
-    assert (args.optimizer, args.lr, args.epochs, args.rotate, args.rotate_axes, args.scale) == (
-        "adamw", 0.002, 60, 60.0, "xy", 0.3)
-    assert args.input_range is True and args.model == "slim"
-    assert parser.parse_args(["--out", "x", "--no-input-range"]).input_range is False
+    assert (args.optimizer, args.lr, args.epochs) == ("adamw", 0.002, 60)
+    assert augmentation_for("nw-ucla", args) == {"rotate": 60.0, "rotate_axes": "xy", "scale": 0.3}
+    assert augmentation_for("msr-action3d", args) == {"rotate": 17.0, "rotate_axes": "xyz", "scale": 0.1}
+    given = parser.parse_args(["--out", "x", "--rotate", "0", "--no-input-range"])
+    assert augmentation_for("msr-action3d", given)["rotate"] == 0.0  # an option given wins, even 0
+    assert args.input_range is True and given.input_range is False and args.model == "slim"
