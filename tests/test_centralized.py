@@ -51,14 +51,17 @@ def test_centralized_synthetic_run_writes_results(tmp_path):
     from simulations.cli import main
 
     out = tmp_path / "run"
+    # four epochs: the mild augmentation (the NW-UCLA default's strong rotation needs more)
     code = main(["centralized", "--out", str(out), "--epochs", "4", "--frames", "32",
-                 "--device", "cpu", "--threads", "1", "--optimizer", "adamw", "--lr", "0.002"])
+                 "--device", "cpu", "--threads", "1", "--optimizer", "adamw", "--lr", "0.002",
+                 "--rotate", "17", "--rotate-axes", "xyz", "--scale", "0.1"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     chance = 1.0 / results["num_classes"]
     assert results["final"]["mean_accuracy"] > 2 * chance
     assert [h["epoch"] for h in results["history"]] == [1, 2, 3, 4]
     assert results["config"]["train"]["epochs"] == 4 and results["params"] > 0
+    assert results["config"]["train"]["rotate_axes"] == "xyz"  # the options given reach the trainer
     assert results["config"]["model"]["input_range"] is True  # the default recipe's rescaling
     assert (out / "model.npz").is_file() and (out / "model.json").is_file()
 
