@@ -50,14 +50,12 @@ def build_strategy(
 
     ``lr_schedule`` scales the sites' learning rate per round (see
     :func:`strategies.screening.round_lr_factor`)."""
-    from strategies.screening import LR_SCHEDULES
+    from strategies.screening import check_lr_schedule
 
     if name not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"run config 'lr-schedule' {lr_schedule!r} unknown; choose from {', '.join(LR_SCHEDULES)}")
     strategy = _build(name, options, num_sites, fraction_train, min_sites, eval_every, num_rounds)
-    strategy.lr_schedule = lr_schedule  # type: ignore[attr-defined]
+    strategy.lr_schedule = check_lr_schedule(lr_schedule)  # type: ignore[attr-defined]
     return strategy
 
 

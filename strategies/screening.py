@@ -25,6 +25,13 @@ NUM_EXAMPLES = "num-examples"
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def check_lr_schedule(schedule: str) -> str:
+    """``schedule`` if known, else a ValueError naming the run-config key."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"run config 'lr-schedule' {schedule!r} unknown; choose from {', '.join(LR_SCHEDULES)}")
+    return schedule
+
+
 def round_lr_factor(server_round: int, num_rounds: int, schedule: str) -> float:
     """Multiplier of the sites' learning rate in ``server_round`` (1-based).
 
@@ -32,10 +39,8 @@ def round_lr_factor(server_round: int, num_rounds: int, schedule: str) -> float:
     round: late rounds move the shared parameters less, so the sites' models drift
     apart less between averages. The last round keeps a small positive rate.
     """
-    if schedule == "constant" or num_rounds <= 1:
+    if check_lr_schedule(schedule) == "constant" or num_rounds <= 1:
         return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"learning-rate schedule {schedule!r} unknown; use {', '.join(LR_SCHEDULES)}")
     return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / num_rounds))
 
 

@@ -191,3 +191,19 @@ def test_trainer_runs_under_opacus_with_mkd_and_proximal_pull():
         return sum(float(((params[k] - v) ** 2).sum()) for k, v in global_shared.items())
 
     assert drift(5.0) < 0.5 * drift(0.0)
+
+
+def test_site_scores_its_trained_model_unless_the_run_turns_it_off():
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord
+
+    from client.app import _evaluate_trained
+
+    model = _model()
+    x, y = separable_task(n=12)
+    data = SimpleNamespace(x_test=x, y_test=y)
+    scored = _evaluate_trained(model, data, ConfigRecord({"device": "cpu"}))
+    assert scored["trained-accuracy"] == pytest.approx(evaluate(model, (x, y), "cpu")["accuracy"])
+    assert scored["trained-eval-seconds"] > 0
+    assert _evaluate_trained(model, data, ConfigRecord({"device": "cpu", "eval-trained": False})) == {}
