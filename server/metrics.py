@@ -108,10 +108,16 @@ class CoordinatorCollector:
         counter("fedsar_bytes_received", "Parameter bytes received from sites", totals.get("uplink_bytes"))
         counter("fedsar_bytes_sent", "Parameter bytes sent to sites", totals.get("downlink_bytes"))
         gauge("fedsar_mean_accuracy", "Mean test accuracy of the sites' models, last evaluation", last.get("mean_accuracy"))
+        gauge("fedsar_mean_trained_accuracy",
+              "Mean test accuracy of the sites' models right after local training, last round",
+              last.get("mean_trained_accuracy"))
         train = last.get("train", {})
         evaluate = last.get("evaluate", {})
         per_site("fedsar_round_site_train_loss", "Training loss each site reported in the last round",
                  {s: m["train-loss"] for s, m in train.items() if "train-loss" in m})
+        per_site("fedsar_round_site_trained_accuracy",
+                 "Test accuracy of each site's model right after its local training, last round",
+                 {s: m["trained-accuracy"] for s, m in train.items() if "trained-accuracy" in m})
         per_site("fedsar_round_site_accuracy", "Test accuracy each site reported in the last evaluation",
                  {s: m["eval-accuracy"] for s, m in evaluate.items() if "eval-accuracy" in m})
         per_site("fedsar_round_site_eval_loss", "Test loss each site reported in the last evaluation",

@@ -20,9 +20,16 @@ from skeletons.atomic import write_json
 PRIVACY_KEYS = ("privacy-epsilon", "epsilon", "dp-epsilon")
 
 
-def mean_accuracy(evaluate: dict[str, dict[str, float]]) -> float | None:
-    accs = [m["eval-accuracy"] for m in evaluate.values() if "eval-accuracy" in m]
+def mean_accuracy(evaluate: dict[str, dict[str, float]], key: str = "eval-accuracy") -> float | None:
+    """Mean of ``key`` over the sites that reported it."""
+    accs = [m[key] for m in evaluate.values() if key in m]
     return statistics.fmean(accs) if accs else None
+
+
+def mean_trained_accuracy(train: dict[str, dict[str, float]]) -> float | None:
+    """Mean test accuracy of the sites' models right after local training, before
+    averaging (``trained-accuracy`` in the train replies; absent when sites skip it)."""
+    return mean_accuracy(train, "trained-accuracy")
 
 
 def privacy_from_history(history: Iterable[Any]) -> dict[str, float]:
@@ -51,6 +58,7 @@ def round_summary(record: Any) -> dict[str, Any]:
         "uplink_bytes": record.uplink_bytes,
         "downlink_bytes": record.downlink_bytes,
         "mean_accuracy": mean_accuracy(record.evaluate),
+        "mean_trained_accuracy": mean_trained_accuracy(record.train),
         "train": record.train,
         "evaluate": record.evaluate,
     }
@@ -136,20 +144,22 @@ def format_status(doc: dict[str, Any] | None, daemon: dict[str, Any] | None, nod
         if last:
             lines.append(
                 f"last round {last['round']}: {last['wall_s']:.1f}s, {last['sites_ok']} sites ok, {last['sites_failed']} failed, "
-                f"mean accuracy {_pct(last['mean_accuracy'])}, uplink {last['uplink_bytes'] / 1e6:.2f} MB"
+                f"mean accuracy {_pct(last['mean_accuracy'])} (after local training "
+                f"{_pct(last.get('mean_trained_accuracy'))}), uplink {last['uplink_bytes'] / 1e6:.2f} MB"
             )
             for reason in last.get("dropped", []):
                 lines.append(f"  dropped: {reason}")
             sites = sorted(set(last.get("train", {})) | set(last.get("evaluate", {})))
             if sites:
-                lines.append(f"  {'site':<20} {'train loss':>10} {'accuracy':>9} {'epsilon':>8}")
+                lines.append(f"  {'site':<20} {'train loss':>10} {'accuracy':>9} {'trained':>8} {'epsilon':>8}")
                 for site in sites:
                     loss = last.get("train", {}).get(site, {}).get("train-loss")
+                    trained = last.get("train", {}).get(site, {}).get("trained-accuracy")
                     acc = last.get("evaluate", {}).get(site, {}).get("eval-accuracy")
                     eps = doc.get("privacy_epsilon", {}).get(site)
                     loss_s = "-" if loss is None else f"{loss:.4f}"
                     eps_s = "-" if eps is None else f"{eps:.2f}"
-                    lines.append(f"  {site:<20} {loss_s:>10} {_pct(acc):>9} {eps_s:>8}")
+                    lines.append(f"  {site:<20} {loss_s:>10} {_pct(acc):>9} {_pct(trained):>8} {eps_s:>8}")
     if nodes is not None:
         online = [n for n in nodes if n["status"] == "online"]
         lines.append(f"sites: {len(online)} connected of {len(nodes)} enrolled")

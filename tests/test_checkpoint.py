@@ -55,7 +55,8 @@ def site_update(global_arrays: ArrayRecord, node: int, server_round: int) -> Arr
 
 
 def reply(arrays: ArrayRecord, node: int, kind: str = "train", loss: float = 0.5) -> Message:
-    content = RecordDict({"metrics": MetricRecord({"num-examples": 10 * node, "train-loss": loss, "train-seconds": 0.1}),
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 10 * node, "train-loss": loss, "train-seconds": 0.1,
+                                                   "trained-accuracy": 0.4 + node / 100}),
                           "site": ConfigRecord({"site-name": f"site-{node}"})})
     if kind == "train":
         content["arrays"] = arrays
@@ -204,10 +205,14 @@ def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
     assert 'fedsar_privacy_epsilon_spent{site="site-11"} 0.75' in text
     assert 'fedsar_round_site_accuracy{site="site-12"}' in text and 'fedsar_round_site_train_loss{site="site-13"}' in text
     assert 'fedsar_enrolled_site_online{site="site-13"} 0.0' in text
+    assert 'fedsar_round_site_trained_accuracy{site="site-12"} 0.52' in text
+    assert "fedsar_mean_trained_accuracy 0.52" in text  # mean of 0.51, 0.52, 0.53
     doc = read_status(tmp_path / "status.json")
     text = format_status(doc, {"alive": True, "pid": 1, "address": "localhost:9092", "run_id": 7},
                          [{"name": "site-11", "node_id": 1, "status": "online"}, {"name": "site-12", "node_id": 2, "status": "offline"}])
     assert "2/4 rounds" in text and "1 connected of 2 enrolled" in text and "site-13" in text
+    assert "(after local training 52.0%)" in text
+    assert "site-12                  0.5000     62.0%    52.0%" in text, text
 
 
 def test_example_federation_config_and_errors(tmp_path):
