@@ -105,7 +105,7 @@ def train(msg: Message, context: Context) -> Message:
     seconds = time.perf_counter() - started
     trained = _evaluate_trained(model, data, config)
 
-    shared, personal = split_parameters(model, policy)
+    shared, personal = split_parameters(model, policy, int(config.get("shared-blocks", 0)))
     keep_personal(context, personal)
     save_personal(context, config, personal)
     reply = RecordDict({

@@ -109,7 +109,10 @@ class PersonalStore:
 
 def model_tag(config: ConfigRecord) -> str:
     """Saves are only reused by the same model and parameter split."""
-    text = json.dumps([str(config.get("model-config", "")), str(config.get("layout", "")), str(config.get("policy", ""))])
+    fields = [str(config.get("model-config", "")), str(config.get("layout", "")), str(config.get("policy", ""))]
+    if int(config.get("shared-blocks", 0)):
+        fields.append(f"shared-blocks={int(config.get('shared-blocks', 0))}")
+    text = json.dumps(fields)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

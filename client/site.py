@@ -94,12 +94,14 @@ def load_parameters(model: torch.nn.Module, shared: ArrayRecord, personal: Array
     model.load_state_dict(state)
 
 
-def split_parameters(model: torch.nn.Module, policy: str) -> tuple[ArrayRecord, ArrayRecord]:
-    """(shared, personal) ArrayRecords of ``model`` under ``policy``."""
+def split_parameters(
+    model: torch.nn.Module, policy: str, shared_blocks: int = 0
+) -> tuple[ArrayRecord, ArrayRecord]:
+    """(shared, personal) ArrayRecords of ``model`` under ``policy`` (see models.roles)."""
     from models.roles import split_state
 
     state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
-    shared, personal = split_state(state, policy=policy)
+    shared, personal = split_state(state, policy=policy, shared_blocks=shared_blocks)
     return ArrayRecord(OrderedDict(shared)), ArrayRecord(OrderedDict(personal))
 
 

@@ -105,8 +105,12 @@ class FSARNet(nn.Module):
         # Mean over frames and joints of each person, then over persons: one mean.
         return h.mean(dim=(2, 3))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled backbone feature ``[N, feature_dim]`` the head classifies."""
+    def embed(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """The pooled backbone feature ``[N, feature_dim]`` the head classifies; with
+        ``upto``, the pooled features after blocks ``1..upto`` only (``[N, channels[upto-1]]``),
+        e.g. the part of a federation's backbone its sites shared."""
+        if upto is not None and upto < self.num_blocks:
+            return self.block_features(x, upto).mean(dim=(2, 3))
         return self._pool_from(self.block_features(x, 0), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,11 @@
 This module is the single place that says which keys are personal under each
 federated policy. Strategies, sites, checkpoints and tests ask it; nothing else
 encodes the split.
+
+``shared_blocks`` (0: off) narrows any policy by depth: only blocks ``1..shared_blocks``
+may be shared, every deeper block stays on the site whole. Shallow blocks learn
+generic motion features that every site's data helps; deep blocks and the head are
+where sites with different sensors and label sets disagree.
 """
 
 from __future__ import annotations
@@ -52,6 +57,22 @@ def parameter_kind(name: str) -> str:
     return "backbone"
 
 
+def block_index(name: str) -> int | None:
+    """The 0-based block of a state-dict key (``blocks.2.gcn.conv.weight`` -> 2), or None
+    for keys outside the blocks (the head)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == "blocks" and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def check_shared_blocks(shared_blocks: int) -> int:
+    if int(shared_blocks) < 0:
+        raise ValueError(f"shared-blocks must be >= 0 (0: every block), got {shared_blocks}")
+    return int(shared_blocks)
+
+
 def personal_kinds(policy: str) -> frozenset[str]:
     """The kinds kept on the site under ``policy``."""
     try:
@@ -62,19 +83,22 @@ def personal_kinds(policy: str) -> frozenset[str]:
         ) from None
 
 
-def is_personal(name: str, policy: str = "fsar") -> bool:
-    return parameter_kind(name) in personal_kinds(policy)
+def is_personal(name: str, policy: str = "fsar", shared_blocks: int = 0) -> bool:
+    if parameter_kind(name) in personal_kinds(policy):
+        return True
+    block = block_index(name)
+    return check_shared_blocks(shared_blocks) > 0 and block is not None and block >= shared_blocks
 
 
 def split_state(
-    state: Mapping[str, V], policy: str = "fsar"
+    state: Mapping[str, V], policy: str = "fsar", shared_blocks: int = 0
 ) -> tuple[dict[str, V], dict[str, V]]:
     """Split a state dict into (shared, personal); every key lands in exactly one."""
-    kinds = personal_kinds(policy)
+    personal_kinds(policy)  # names an unknown policy even for an empty state
     shared: dict[str, V] = {}
     personal: dict[str, V] = {}
     for key, value in state.items():
-        (personal if parameter_kind(key) in kinds else shared)[key] = value
+        (personal if is_personal(key, policy, shared_blocks) else shared)[key] = value
     return shared, personal
 
 

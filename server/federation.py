@@ -72,7 +72,7 @@ def initial_arrays(scenario: Scenario, settings: RunSettings, model_config: dict
     model = build_model(
         get_layout(scenario.layout), num_classes_for(scenario, settings), scenario.num_persons, ModelConfig(**model_config)
     )
-    shared, _ = split_state(OrderedDict(model.state_dict()), policy=policy)
+    shared, _ = split_state(OrderedDict(model.state_dict()), policy=policy, shared_blocks=settings.shared_blocks)
     return ArrayRecord(OrderedDict(shared))
 
 
@@ -140,6 +140,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
         lambda_kd=settings.lambda_kd, temperature=settings.temperature,
         server_momentum=settings.server_momentum, shared_label_set=scenario.shared_label_set,
+        shared_blocks=settings.shared_blocks,
     )
     strategy = build_strategy(
         settings.strategy, options, eval_every=settings.eval_every, num_rounds=settings.num_server_rounds,
@@ -197,7 +198,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     results = summarize(scenario, settings, strategy.history)
     results["complete"] = True
     results["total_wall_s"] = time.perf_counter() - started
-    results["model"] = {"layout": scenario.layout, "config": model_config, "policy": policy}
+    results["model"] = {"layout": scenario.layout, "config": model_config, "policy": policy,
+                        "shared_blocks": settings.shared_blocks}
     results["privacy"] = privacy.report()
     if out is not None:
         write_json(out / "results.json", results)

@@ -35,6 +35,7 @@ class RunSettings:
     lambda_kd: float = 0.5
     temperature: float = 2.0
     server_momentum: float = 0.0
+    shared_blocks: int = 0  # 0: every block may be shared; k: blocks after k stay on the sites
     fraction_train: float = 1.0
     min_sites: int = 0  # 0: every site of the scenario
     timeout_s: float = 3600.0

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_backbone(checkpoint: Path) -> torch.nn.Module:
-    """A model with the checkpoint's shared parameters loaded."""
+    """A model with the checkpoint's shared parameters loaded; ``shared_depth`` (an
+    attribute) is how many of its blocks the federation shared."""
     from models import ModelConfig, build_model
     from models.roles import merge_state
     from skeletons.atomic import read_arrays
@@ -46,12 +47,14 @@ def load_backbone(checkpoint: Path) -> torch.nn.Module:
     loadable = {k: v for k, v in merge_state(shared, {}).items() if k in state and state[k].shape == v.shape}
     state.update(loadable)
     model.load_state_dict(state)
+    model.shared_depth = int(meta.get("shared_blocks") or 0) or model.num_blocks  # type: ignore[attr-defined]
     return model.eval()
 
 
 @torch.no_grad()
 def embed(model: torch.nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    out = [model.embed(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)]
+    upto = getattr(model, "shared_depth", None)
+    out = [model.embed(torch.from_numpy(x[i : i + batch]), upto) for i in range(0, len(x), batch)]
     z = torch.cat(out).numpy()
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-8)
 

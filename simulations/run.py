@@ -30,6 +30,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mu", type=float, default=None, help="proximal term for fsar / fedprox")
     parser.add_argument("--no-mkd", action="store_true", help="fsar without multi-grain distillation")
     parser.add_argument("--grains", default=None, help="MKD grains, e.g. 1,2")
+    parser.add_argument("--shared-blocks", type=int, default=None,
+                        help="share only blocks 1..K with the server; deeper blocks stay on the sites "
+                             "(0, the default: every block)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     parser.add_argument("--site-cpus", type=float, default=None,
                         help="CPUs the engine reserves per site (overrides the scenario's num_cpus); "
@@ -66,7 +69,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     overrides = {
         "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
-        "mu": args.mu, "grains": args.grains,
+        "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -91,10 +94,19 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         settings = RunSettings.from_run_config(config)
         from server.federation import model_config_for  # a bad model fails before the engine starts
 
-        model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
+        model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
+        check_shared_blocks_fit(settings.shared_blocks, len(model["channels"]))
     except ValueError as err:
         raise UserError(str(err)) from None
     return settings
+
+
+def check_shared_blocks_fit(shared_blocks: int, num_blocks: int) -> None:
+    """``shared-blocks`` must leave at least one block shared and name a real depth."""
+    from models.roles import check_shared_blocks
+
+    if check_shared_blocks(shared_blocks) > num_blocks:
+        raise ValueError(f"shared-blocks = {shared_blocks}, but the model has {num_blocks} blocks")
 
 
 def scenario_for_engine(args: argparse.Namespace, settings: RunSettings) -> Scenario:

@@ -23,6 +23,7 @@ class StrategyOptions:
     server_momentum: float = 0.0
     server_learning_rate: float = 1.0
     shared_label_set: bool = False  # all sites have the same classes: one head can be shared
+    shared_blocks: int = 0  # 0: every block may be shared; k: deeper blocks stay personal
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +64,7 @@ def _build(
     name: str, options: StrategyOptions, num_sites: int, fraction_train: float, min_sites: int | None,
     eval_every: int, num_rounds: int,
 ) -> Strategy:
+    from models.roles import check_shared_blocks
     from strategies.baselines import LocalOnly, ScreenedFedAvg, ScreenedFedProx
     from strategies.fsar import FSAR
 
@@ -78,6 +80,7 @@ def _build(
     config: dict[str, Any] = {
         "strategy": name,
         "policy": client_policy(name, options.shared_label_set),
+        "shared-blocks": check_shared_blocks(options.shared_blocks),
         "mkd": False,
         "mu": 0.0,
     }

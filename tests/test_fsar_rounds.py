@@ -116,3 +116,37 @@ def test_recipe_reaches_the_site(fsar_calls):
         assert config.mu == pytest.approx(0.05)
         assert config.grains == [1, 2] and config.lambda_kd > 0 and config.lambda_mg > 0
     assert results["final"]["rounds"] == 2
+
+
+def test_shared_blocks_keeps_deep_blocks_on_the_sites():
+    """With ``shared-blocks = 1`` the server only ever receives block 1's shared parameters,
+    and each site's deeper blocks carry over from its own round 1."""
+    scenario = load_scenario(TINY)
+    starts: list[dict] = []
+    ends: list[dict] = []
+    real_train = trainer.train
+
+    def recording_train(model, data, config, **kwargs):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        out = real_train(model, data, config, **kwargs)
+        ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return out
+
+    config = dict(scenario.defaults)
+    config.update({"scenario": str(TINY), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
+                   "device": "cpu", "shared-blocks": 1})
+    grid = InProcessGrid({i + 1: site_function for i in range(len(scenario.sites))},
+                         node_config=lambda nid: {"partition-id": nid - 1})
+    trainer.train = recording_train
+    try:
+        results = run_federation(grid, RunSettings.from_run_config(config))
+    finally:
+        trainer.train = real_train
+    received = results["uplink_parameters"]
+    assert received and all(k.startswith("blocks.0.") for k in received), received
+    assert not any(k.endswith(".unique") for k in received)
+    assert results["model"]["shared_blocks"] == 1
+    deep = [k for k in ends[0] if k.startswith("blocks.1.")]
+    assert deep
+    for before, after in zip(ends[:2], starts[2:]):  # round 1 end -> round 2 start, per site
+        assert all(torch.equal(before[k], after[k]) for k in deep)

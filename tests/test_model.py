@@ -159,6 +159,30 @@ def test_fsar_personal_is_exactly_unique_scalars_and_head():
     assert fedbn_personal and all(".norm." in k for k in fedbn_personal)
 
 
+def test_shared_blocks_keeps_deeper_blocks_whole_on_the_site():
+    state = _model().state_dict()  # TINY has 4 blocks
+    shared, personal = split_state(state, "fsar", shared_blocks=2)
+    assert set(shared) | set(personal) == set(state) and not set(shared) & set(personal)
+    assert shared and all(k.startswith(("blocks.0.", "blocks.1.")) for k in shared)
+    assert all(k in personal for k in state if k.startswith(("blocks.2.", "blocks.3.", "head.")))
+    # within the shared blocks the policy still decides: U and the scalars stay home
+    assert not any(k.endswith((".unique", ".alpha")) for k in shared)
+    assert split_state(state, "fsar", shared_blocks=0) == split_state(state, "fsar")
+    assert split_state(state, "fsar", shared_blocks=4) == split_state(state, "fsar")
+    with pytest.raises(ValueError, match="shared-blocks must be >= 0"):
+        split_state(state, "fsar", shared_blocks=-1)
+
+
+def test_embed_up_to_a_block_pools_that_blocks_features():
+    model = _model().eval()
+    x = _input()
+    with torch.no_grad():
+        z = model.embed(x, upto=2)
+        assert z.shape == (3, TINY.channels[1])
+        assert torch.allclose(z, model.block_features(x, 2).mean(dim=(2, 3)))
+        assert torch.equal(model.embed(x, upto=4), model.embed(x))
+
+
 def test_roles_ignore_wrapper_prefixes_and_reject_unknown_policy():
     assert parameter_kind("_module.blocks.3.gcn.topology.unique") == "unique"
     assert parameter_kind("_module.head.weight") == "head"
