@@ -45,6 +45,10 @@ class TrainConfig:
     ``grains`` lists the blocks after which the teacher's features enter the student
     (empty: no distillation). ``mu`` weighs the proximal term towards the global shared
     weights. ``mixed_precision`` applies on CUDA only.
+    ``swa_epochs > 0`` turns on stochastic weight averaging: the schedule anneals to
+    ``swa_lr_factor`` times the base rate, holds it for the last ``swa_epochs`` epochs
+    and the model ends as the average of the weights after each of them (an ensemble of
+    nearby solutions in one model, at no cost in speed).
     """
 
     epochs: int = 1
@@ -68,6 +72,8 @@ class TrainConfig:
     temperature: float = 2.0
     mu: float = 0.0
     grad_clip: float = 0.0
+    swa_epochs: int = 0
+    swa_lr_factor: float = 0.2
     device: str = "auto"
     mixed_precision: bool = True
     seed: int = 0
@@ -87,6 +93,12 @@ class TrainConfig:
             raise ValueError("TrainConfig.warmup and mu must be >= 0, temperature > 0")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.swa_epochs < self.epochs:
+            raise ValueError(
+                f"TrainConfig.swa_epochs must be in [0, epochs={self.epochs}), got {self.swa_epochs}"
+            )
+        if not 0 < self.swa_lr_factor <= 1:
+            raise ValueError(f"TrainConfig.swa_lr_factor must be in (0, 1], got {self.swa_lr_factor}")
         self.grains = [int(g) for g in self.grains]
         self.augmentation  # validates the strengths
 
@@ -240,11 +252,30 @@ def lr_factor(step: int, total: int, warmup_steps: int, schedule: str) -> float:
     return 0.1 ** sum(progress >= m for m in (0.6, 0.85))  # step
 
 
+def swa_lr_factor(step: int, total: int, warmup_steps: int, schedule: str,
+                  swa_steps: int, floor: float) -> float:
+    """:func:`lr_factor` annealed to ``floor`` over the first ``total - swa_steps`` steps,
+    then ``floor`` while the weights are averaged."""
+    main = max(1, total - swa_steps)
+    if step >= main:
+        return floor
+    factor = lr_factor(step, main, warmup_steps, schedule)
+    if warmup_steps > 0 and step < warmup_steps:
+        return factor
+    return floor + (1 - floor) * factor
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     total = max(1, steps_per_epoch * config.epochs)
     warmup = int(round(config.warmup * steps_per_epoch))
+    if config.swa_epochs:
+        swa_steps = steps_per_epoch * config.swa_epochs
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: swa_lr_factor(s, total, warmup, config.schedule, swa_steps, config.swa_lr_factor),
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, config.schedule)
     )
@@ -384,6 +415,7 @@ def train(
     gen = torch.Generator().manual_seed(config.seed + 1)
     aug = config.augmentation
     history: list[dict[str, Any]] = []
+    averaged = None
     start = time.perf_counter()
     steps = 0
     for epoch in range(1, config.epochs + 1):
@@ -422,9 +454,14 @@ def train(
             "seconds": time.perf_counter() - t0,
             "samples": seen,
         }
+        if config.swa_epochs and epoch > config.epochs - config.swa_epochs:
+            averaged = _update_average(averaged, model)
+            record["swa_models"] = averaged.n_averaged.item()
         history.append(record)
         if progress is not None:
             progress(dict(record))
+    if averaged is not None:
+        unwrap(model).load_state_dict(averaged.module.state_dict())
     last = history[-1]
     return {
         "loss": last["loss"],
@@ -435,6 +472,17 @@ def train(
         "steps": steps,
         "history": history,
     }
+
+
+def _update_average(
+    averaged: torch.optim.swa_utils.AveragedModel | None, model: nn.Module
+) -> torch.optim.swa_utils.AveragedModel:
+    """Add the model's current weights to the running equal-weight average. The network
+    has no BatchNorm, so the averaged weights need no statistics recomputed."""
+    if averaged is None:
+        averaged = torch.optim.swa_utils.AveragedModel(unwrap(model), use_buffers=True)
+    averaged.update_parameters(unwrap(model))
+    return averaged
 
 
 def _backward_and_step(

@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temporal-crop", type=float, default=RECIPE["temporal_crop"],
                         help="max fraction of frames cut by random temporal cropping")
     parser.add_argument("--label-smoothing", type=float, default=RECIPE["label_smoothing"])
+    parser.add_argument("--swa-epochs", type=int, default=RECIPE["swa_epochs"],
+                        help="average the weights over the last N epochs at a constant rate (0: off)")
+    parser.add_argument("--swa-lr-factor", type=float, default=RECIPE["swa_lr_factor"],
+                        help="that constant rate, as a fraction of --lr")
+    parser.add_argument("--dropout", type=float, default=RECIPE["dropout"],
+                        help="dropout before the classifier (ModelConfig.dropout; --model-overrides wins)")
     parser.add_argument("--model", default="slim", help="model preset: slim, wide, reference")
     parser.add_argument("--model-overrides", default=None,
                         help='JSON object of ModelConfig fields, e.g. \'{"temporal_kernel": 5}\'')
@@ -102,6 +108,9 @@ RECIPE: dict[str, Any] = {
     "shear": 0.0,
     "temporal_crop": 0.0,
     "label_smoothing": 0.0,
+    "dropout": 0.0,
+    "swa_epochs": 0,
+    "swa_lr_factor": 0.2,
     "frames": 52,
     "canonical_view": False,
     "input_range": True,
@@ -217,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(choose_threads(args.threads))
     try:
-        model_config = ModelConfig.preset(args.model).with_(input_range=args.input_range)
+        model_config = ModelConfig.preset(args.model).with_(input_range=args.input_range, dropout=args.dropout)
         if args.model_overrides:
             overrides = json.loads(args.model_overrides)
             if not isinstance(overrides, dict):
@@ -245,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
             **augmentation_for(args.dataset, args), shear=args.shear,
             temporal_crop=args.temporal_crop, label_smoothing=args.label_smoothing,
+            swa_epochs=args.swa_epochs, swa_lr_factor=args.swa_lr_factor,
             device=str(device), seed=args.seed,
         )
     except ValueError as err:
@@ -279,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
             "accuracy": final["accuracy"],
             "loss": final["loss"],
             "best_epoch_accuracy": max(h["test_accuracy"] for h in history),
+            # the last epoch's own weights; differs from accuracy when weights are averaged
+            "last_epoch_accuracy": history[-1]["test_accuracy"],
         },
         "history": history,
         "train": {k: out[k] for k in ("loss", "accuracy", "seconds", "steps")},

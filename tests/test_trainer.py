@@ -137,6 +137,41 @@ def test_schedules():
     assert lr_factor(90, 100, 0, "step") == pytest.approx(0.01)
 
 
+def test_swa_schedule_anneals_to_the_floor_then_holds_it():
+    from client.trainer import swa_lr_factor
+
+    # 100 steps, 10 warm-up, last 20 averaged at 0.2 of the base rate
+    assert swa_lr_factor(0, 100, 10, "cosine", 20, 0.2) == pytest.approx(0.1)
+    assert swa_lr_factor(10, 100, 10, "cosine", 20, 0.2) == pytest.approx(1.0)
+    assert swa_lr_factor(79, 100, 10, "cosine", 20, 0.2) == pytest.approx(0.2, abs=0.01)
+    assert swa_lr_factor(80, 100, 10, "cosine", 20, 0.2) == 0.2
+    assert swa_lr_factor(99, 100, 10, "cosine", 20, 0.2) == 0.2
+
+
+def test_swa_ends_with_the_average_of_the_last_epochs_weights():
+    x, y = separable_task()
+    model = _model()
+    snapshots = []
+
+    def keep(record):
+        if record.get("swa_models"):
+            snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    config = TrainConfig(epochs=5, batch_size=8, lr=0.05, device="cpu", swa_epochs=3, swa_lr_factor=0.5)
+    history = []
+    train(model, (x, y), config, progress=lambda r: (history.append(r), keep(r)))
+    assert [h.get("swa_models") for h in history] == [None, None, 1, 2, 3]
+    assert [h["lr"] for h in history[2:]] == pytest.approx([0.025] * 3)
+    final = model.state_dict()
+    for key, value in final.items():
+        mean = torch.stack([s[key].float() for s in snapshots]).mean(0)
+        assert torch.allclose(value.float(), mean, atol=1e-6), key
+    assert not torch.equal(final["head.weight"], snapshots[-1]["head.weight"])  # not the last epoch's
+    assert evaluate(model, (x, y), "cpu")["accuracy"] >= 0.9
+    with pytest.raises(ValueError, match="swa_epochs must be in"):
+        TrainConfig(epochs=5, swa_epochs=5)
+
+
 def test_rotation_matrices_are_rotations():
     r = rotation_matrices(torch.randn(5, 3))
     assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(5, 3, 3), atol=1e-5)
