@@ -35,6 +35,15 @@ def test_site_cpus_must_be_positive(tmp_path):
         scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
 
 
+def test_shared_blocks_reaches_the_settings_and_must_fit_the_model(tmp_path):
+    assert settings_from_args(parse("--shared-blocks", "2"), "fsar", tmp_path).shared_blocks == 2
+    assert settings_from_args(parse(), "fsar", tmp_path).shared_blocks == 0
+    with pytest.raises(UserError, match="shared-blocks = 9, but the model has"):
+        settings_from_args(parse("--shared-blocks", "9"), "fsar", tmp_path)
+    with pytest.raises(UserError, match="shared-blocks must be >= 0"):
+        settings_from_args(parse("--shared-blocks", "-1"), "fsar", tmp_path)
+
+
 def _result(seed: int, a: float, b: float, trained: float = 0.9) -> dict:
     return {
         "scenario": "tiny", "settings": {"seed": seed},
