@@ -5,7 +5,7 @@ federated policy. Strategies, sites, checkpoints and tests ask it; nothing else
 encodes the split.
 
 ``shared_blocks`` (0: off) narrows any policy by depth: only blocks ``1..shared_blocks``
-may be shared, every deeper block stays on the site whole. Shallow blocks learn
+may be shared, every deeper block and the head stay on the site whole. Shallow blocks learn
 generic motion features that every site's data helps; deep blocks and the head are
 where sites with different sensors and label sets disagree.
 """
@@ -86,8 +86,10 @@ def personal_kinds(policy: str) -> frozenset[str]:
 def is_personal(name: str, policy: str = "fsar", shared_blocks: int = 0) -> bool:
     if parameter_kind(name) in personal_kinds(policy):
         return True
+    if check_shared_blocks(shared_blocks) == 0:
+        return False
     block = block_index(name)
-    return check_shared_blocks(shared_blocks) > 0 and block is not None and block >= shared_blocks
+    return block is None or block >= shared_blocks  # the head sits on the personal blocks
 
 
 def split_state(

@@ -169,6 +169,7 @@ def test_shared_blocks_keeps_deeper_blocks_whole_on_the_site():
     assert not any(k.endswith((".unique", ".alpha")) for k in shared)
     assert split_state(state, "fsar", shared_blocks=0) == split_state(state, "fsar")
     assert split_state(state, "fsar", shared_blocks=4) == split_state(state, "fsar")
+    assert "head.weight" in split_state(state, "fedavg", shared_blocks=2)[1]  # even where heads are shared
     with pytest.raises(ValueError, match="shared-blocks must be >= 0"):
         split_state(state, "fsar", shared_blocks=-1)
 
