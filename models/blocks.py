@@ -9,6 +9,8 @@ Normalization is GroupNorm (per sample, no running statistics) for the same reas
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -108,6 +110,48 @@ class TemporalConv(nn.Module):
         return self.norm(self.pointwise(self.conv(x)))
 
 
+class MultiScaleTemporalConv(nn.Module):
+    """Temporal branches of different reach, concatenated (as in MS-G3D / CTR-GCN).
+
+    Four branches of ``channels / 4``: two ``kernel x 1`` convolutions with dilation 1
+    and 2, a 3-frame max pool and a plain 1x1, each after a 1x1 reduction. A motion
+    lasting a few frames and one spanning the sequence are both seen at one block's
+    cost, about an eighth of a full ``kernel x 1`` convolution's.
+    """
+
+    def __init__(self, channels: int, kernel: int, stride: int, groups: int) -> None:
+        super().__init__()
+        if channels % 4:
+            raise ValueError(f"multiscale temporal convolution needs channels divisible by 4, got {channels}")
+        width = channels // 4
+        branch_groups = math.gcd(groups, width)  # a GroupNorm's groups must divide its width
+        self.branches = nn.ModuleList()
+        for dilation in (1, 2):
+            pad = (kernel - 1) // 2 * dilation
+            self.branches.append(nn.Sequential(
+                _reduce(channels, width, branch_groups),
+                nn.Conv2d(width, width, (kernel, 1), (stride, 1), (pad, 0), (dilation, 1)),
+            ))
+        self.branches.append(nn.Sequential(
+            _reduce(channels, width, branch_groups),
+            nn.MaxPool2d((3, 1), (stride, 1), (1, 0)),
+        ))
+        self.branches.append(nn.Sequential(nn.Conv2d(channels, width, 1, (stride, 1))))
+        self.norm = nn.GroupNorm(groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+def _reduce(c_in: int, c_out: int, groups: int) -> nn.Sequential:
+    """1x1 convolution, GroupNorm, ReLU: a branch's entry."""
+    out = nn.Sequential()
+    out.add_module("conv", nn.Conv2d(c_in, c_out, 1))
+    out.add_module("norm", nn.GroupNorm(groups, c_out))
+    out.add_module("relu", nn.ReLU())
+    return out
+
+
 class STBlock(nn.Module):
     """One spatial-temporal block: graph convolution, temporal convolution, residual."""
 
@@ -117,7 +161,11 @@ class STBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.gcn = GraphConv(c_in, c_out, num_partitions, num_joints, groups, init_std)
-        self.tcn = TemporalConv(c_out, temporal_kernel, stride, temporal, groups)
+        self.tcn: nn.Module = (
+            MultiScaleTemporalConv(c_out, temporal_kernel, stride, groups)
+            if temporal == "multiscale"
+            else TemporalConv(c_out, temporal_kernel, stride, temporal, groups)
+        )
         if c_in == c_out and stride == 1:
             self.shortcut: nn.Module = nn.Identity()
         else:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 STREAMS = ("joint", "bone", "motion")
-TEMPORAL_KINDS = ("full", "separable")
+TEMPORAL_KINDS = ("full", "separable", "multiscale")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class ModelConfig:
     the frame axis. ``streams`` are the input channels the network derives from the
     joint coordinates: positions, bone vectors (joint minus parent) and motion
     (frame difference), three channels each. ``temporal`` picks a full ``k x 1``
-    convolution or a depthwise ``k x 1`` convolution followed by a pointwise one.
+    convolution, a depthwise ``k x 1`` convolution followed by a pointwise one, or
+    ``multiscale`` branches (dilations 1 and 2, max pool, 1x1; channels divisible by 4).
     ``input_norm`` normalizes each stream per sample (GroupNorm, one group per
     stream) so that small motion vectors weigh as much as positions.
     ``input_range`` rescales each sample's coordinates per axis to ``[-1, 1]`` (over

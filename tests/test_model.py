@@ -43,6 +43,9 @@ def test_shapes_for_layouts_and_persons(layout, persons):
     assert model.embed(x).shape == (2, model.feature_dim)
     feats = model.block_features(x, 3)  # block 2 halves the 16 frames
     assert feats.shape == (2, 16, 8, layout.num_joints * persons)
+    multiscale = _model(layout, classes=7, persons=persons, config=TINY.with_(temporal="multiscale"))
+    assert multiscale(x).shape == (2, 7)
+    assert multiscale.block_features(x, 3).shape == feats.shape  # same strides, same shapes
 
 
 def test_slim_default_and_presets_build():
@@ -225,16 +228,17 @@ def test_shared_topology_only_ignores_unique_topology():
 def test_opacus_validator_is_clean():
     from opacus.validators import ModuleValidator
 
-    for config in (TINY, ModelConfig(), ModelConfig.preset("wide"), TINY.with_(temporal="separable")):
+    for config in (TINY, ModelConfig(), ModelConfig.preset("wide"), TINY.with_(temporal="separable"),
+                   TINY.with_(temporal="multiscale")):
         model = build_model(KINECT_V1, 10, 2, config)
         assert ModuleValidator.validate(model, strict=True) == []
 
 
-@pytest.mark.parametrize("persons", [1, 2])
-def test_one_opacus_dp_sgd_step_changes_parameters(persons):
+@pytest.mark.parametrize("persons,temporal", [(1, "full"), (2, "full"), (1, "multiscale")])
+def test_one_opacus_dp_sgd_step_changes_parameters(persons, temporal):
     from opacus import PrivacyEngine
 
-    model = _model(persons=persons)
+    model = _model(persons=persons, config=TINY.with_(temporal=temporal))
     x = _input(n=8, m=persons)
     y = torch.arange(8) % 5
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
