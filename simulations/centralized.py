@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-range", action=argparse.BooleanOptionalAction, default=RECIPE["input_range"],
                         help="rescale each sample's coordinates per axis to [-1, 1] inside the model "
                              "(ModelConfig.input_range; --model-overrides wins)")
+    parser.add_argument("--temporal", choices=("full", "separable", "multiscale"), default=RECIPE["temporal"],
+                        help="temporal convolution of every block (ModelConfig.temporal; --model-overrides wins)")
     parser.add_argument("--persons", type=int, default=None,
                         help="persons per sample (default: most in the data, at most 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -114,6 +116,7 @@ RECIPE: dict[str, Any] = {
     "frames": 52,
     "canonical_view": False,
     "input_range": True,
+    "temporal": "full",
 }
 
 # Where a data set's own measurement chose otherwise. MSR Action3D is filmed from one
@@ -226,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(choose_threads(args.threads))
     try:
-        model_config = ModelConfig.preset(args.model).with_(input_range=args.input_range, dropout=args.dropout)
+        model_config = ModelConfig.preset(args.model).with_(
+            input_range=args.input_range, dropout=args.dropout, temporal=args.temporal
+        )
         if args.model_overrides:
             overrides = json.loads(args.model_overrides)
             if not isinstance(overrides, dict):

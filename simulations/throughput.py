@@ -62,7 +62,7 @@ def time_training(
 
 
 def benchmark(
-    presets: Sequence[str], batch_size: int = 16, frames: int = 52, layout: str = "kinect-v1",
+    presets: Sequence[str | tuple[str, ModelConfig]], batch_size: int = 16, frames: int = 52, layout: str = "kinect-v1",
     persons: int = 1, classes: int = 10, steps: int = 10, warmup: int = 3, repeats: int = 3,
 ) -> list[dict[str, Any]]:
     lay = get_layout(layout)
@@ -70,9 +70,10 @@ def benchmark(
     x = torch.randn(batch_size, 3, frames, lay.num_joints, persons, generator=gen)
     y = torch.randint(0, classes, (batch_size,), generator=gen)
     rows = []
-    for name in presets:
+    for entry in presets:
+        name, config = (entry, ModelConfig.preset(entry)) if isinstance(entry, str) else entry
         torch.manual_seed(0)
-        model = build_model(lay, classes, persons, ModelConfig.preset(name))
+        model = build_model(lay, classes, persons, config)
         fwd, step = count_flops(model, x, y)
         rate = time_training(model, x, y, steps, warmup, repeats)
         rows.append({
@@ -93,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="slim,wide,reference",
                         help="comma-separated model presets (default: slim,wide,reference)")
+    parser.add_argument("--variant", action="append", default=[], metavar='NAME=JSON',
+                        help='also time the slim preset with ModelConfig fields changed, e.g. '
+                             '\'slim-ms={"temporal": "multiscale"}\' (repeatable)')
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--frames", type=int, default=52)
     parser.add_argument("--layout", default="kinect-v1")
@@ -110,11 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             ModelConfig.preset(p)
         except ValueError as err:
             parser.error(str(err))
+    entries: list[str | tuple[str, ModelConfig]] = list(presets)
+    for item in args.variant:
+        name, sep, text = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError("expected NAME=JSON")
+            entries.append((name, ModelConfig.from_dict({**ModelConfig().to_dict(), **json.loads(text)})))
+        except (ValueError, TypeError) as err:
+            parser.error(f"--variant {item!r}: {err}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads, load {os.getloadavg()[0]:.1f}; batch "
           f"{args.batch_size}, {args.frames} frames, layout {args.layout}, {args.persons} person(s)",
           flush=True)
-    rows = benchmark(presets, args.batch_size, args.frames, args.layout, args.persons,
+    rows = benchmark(entries, args.batch_size, args.frames, args.layout, args.persons,
                      steps=args.steps, repeats=args.repeats)
     if args.out:
         from skeletons.atomic import write_json
