@@ -63,6 +63,7 @@ def test_centralized_synthetic_run_writes_results(tmp_path):
     assert results["config"]["train"]["epochs"] == 4 and results["params"] > 0
     assert results["config"]["train"]["rotate_axes"] == "xyz"  # the options given reach the trainer
     assert results["config"]["model"]["input_range"] is True  # the default recipe's rescaling
+    assert results["config"]["model"]["temporal"] == "full"  # synthetic: the general recipe
     assert (out / "model.npz").is_file() and (out / "model.json").is_file()
 
     from models import load_model
@@ -87,3 +88,9 @@ def test_default_recipe_is_the_measured_one():
     given = parser.parse_args(["--out", "x", "--rotate", "0", "--no-input-range"])
     assert augmentation_for("msr-action3d", given)["rotate"] == 0.0  # an option given wins, even 0
     assert args.input_range is True and given.input_range is False and args.model == "slim"
+    from simulations.centralized import recipe_value
+
+    args.dataset = "nw-ucla"
+    assert recipe_value("nw-ucla", args, "temporal") == "full"
+    assert recipe_value("msr-action3d", args, "temporal") == "multiscale"
+    assert recipe_value("msr-action3d", parser.parse_args(["--out", "x", "--temporal", "full"]), "temporal") == "full"
