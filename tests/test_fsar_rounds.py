@@ -37,9 +37,9 @@ def site_function(msg: Message, context: Context) -> Message:
     return (train if msg.metadata.message_type.startswith("train") else evaluate)(msg, context)
 
 
-@pytest.fixture(scope="module")
-def fsar_calls():
-    """Two rounds of fsar on the tiny scenario; every local training call recorded."""
+def recorded_fsar_rounds(**run_config) -> tuple[list[dict], dict]:
+    """Two rounds of fsar on the tiny scenario with ``run_config`` on top; every local
+    training call recorded (start and end state, teacher, global weights, recipe)."""
     scenario = load_scenario(TINY)
     calls: list[dict] = []
     real_train = trainer.train
@@ -58,7 +58,7 @@ def fsar_calls():
 
     config = dict(scenario.defaults)
     config.update({"scenario": str(TINY), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
-                   "device": "cpu", "mu": 0.05})
+                   "device": "cpu", **run_config})
     grid = InProcessGrid({i + 1: site_function for i in range(len(scenario.sites))},
                          node_config=lambda nid: {"partition-id": nid - 1})
     trainer.train = recording_train
@@ -69,6 +69,11 @@ def fsar_calls():
     errors = [reply.error.reason for reply in grid.uplink if reply.has_error()]
     assert not errors, errors
     return calls, results
+
+
+@pytest.fixture(scope="module")
+def fsar_calls():
+    return recorded_fsar_rounds(mu=0.05)
 
 
 def _personal(state):
@@ -121,32 +126,12 @@ def test_recipe_reaches_the_site(fsar_calls):
 def test_shared_blocks_keeps_deep_blocks_on_the_sites():
     """With ``shared-blocks = 1`` the server only ever receives block 1's shared parameters,
     and each site's deeper blocks carry over from its own round 1."""
-    scenario = load_scenario(TINY)
-    starts: list[dict] = []
-    ends: list[dict] = []
-    real_train = trainer.train
-
-    def recording_train(model, data, config, **kwargs):
-        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        out = real_train(model, data, config, **kwargs)
-        ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return out
-
-    config = dict(scenario.defaults)
-    config.update({"scenario": str(TINY), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
-                   "device": "cpu", "shared-blocks": 1})
-    grid = InProcessGrid({i + 1: site_function for i in range(len(scenario.sites))},
-                         node_config=lambda nid: {"partition-id": nid - 1})
-    trainer.train = recording_train
-    try:
-        results = run_federation(grid, RunSettings.from_run_config(config))
-    finally:
-        trainer.train = real_train
+    calls, results = recorded_fsar_rounds(**{"shared-blocks": 1})
     received = results["uplink_parameters"]
     assert received and all(k.startswith("blocks.0.") for k in received), received
     assert not any(k.endswith(".unique") for k in received)
     assert results["model"]["shared_blocks"] == 1
-    deep = [k for k in ends[0] if k.startswith("blocks.1.")]
+    deep = [k for k in calls[0]["end"] if k.startswith(("blocks.1.", "head."))]
     assert deep
-    for before, after in zip(ends[:2], starts[2:]):  # round 1 end -> round 2 start, per site
-        assert all(torch.equal(before[k], after[k]) for k in deep)
+    for before, after in zip(calls[:2], calls[2:]):  # round 1 end -> round 2 start, per site
+        assert all(torch.equal(before["end"][k], after["start"][k]) for k in deep)
