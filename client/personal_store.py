@@ -110,8 +110,9 @@ class PersonalStore:
 def model_tag(config: ConfigRecord) -> str:
     """Saves are only reused by the same model and parameter split."""
     fields = [str(config.get("model-config", "")), str(config.get("layout", "")), str(config.get("policy", ""))]
-    if int(config.get("shared-blocks", 0)):
-        fields.append(f"shared-blocks={int(config.get('shared-blocks', 0))}")
+    shared_blocks = int(config.get("shared-blocks", 0))
+    if shared_blocks:  # absent when 0, so saves from before the option stay usable
+        fields.append(f"shared-blocks={shared_blocks}")
     text = json.dumps(fields)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -67,9 +67,12 @@ def block_index(name: str) -> int | None:
     return None
 
 
-def check_shared_blocks(shared_blocks: int) -> int:
+def check_shared_blocks(shared_blocks: int, num_blocks: int | None = None) -> int:
+    """``shared_blocks`` as an int: 0 (every block) or a depth the model has."""
     if int(shared_blocks) < 0:
         raise ValueError(f"shared-blocks must be >= 0 (0: every block), got {shared_blocks}")
+    if num_blocks is not None and int(shared_blocks) > num_blocks:
+        raise ValueError(f"shared-blocks = {shared_blocks}, but the model has {num_blocks} blocks")
     return int(shared_blocks)
 
 

@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from models.roles import check_shared_blocks
 from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
@@ -135,6 +136,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
     policy = client_policy(settings.strategy, scenario.shared_label_set)
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
+    check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     arrays = initial_arrays(scenario, settings, model_config, policy)
     options = StrategyOptions(
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,

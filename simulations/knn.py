@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-frames", type=int, default=None)
 
 
-def load_backbone(checkpoint: Path) -> torch.nn.Module:
-    """A model with the checkpoint's shared parameters loaded; ``shared_depth`` (an
-    attribute) is how many of its blocks the federation shared."""
+def load_backbone(checkpoint: Path) -> tuple[torch.nn.Module, int]:
+    """A model with the checkpoint's shared parameters loaded, and how many of its blocks
+    the federation shared (the depth whose features are worth embedding)."""
     from models import ModelConfig, build_model
     from models.roles import merge_state
     from skeletons.atomic import read_arrays
@@ -47,13 +47,11 @@ def load_backbone(checkpoint: Path) -> torch.nn.Module:
     loadable = {k: v for k, v in merge_state(shared, {}).items() if k in state and state[k].shape == v.shape}
     state.update(loadable)
     model.load_state_dict(state)
-    model.shared_depth = int(meta.get("shared_blocks") or 0) or model.num_blocks  # type: ignore[attr-defined]
-    return model.eval()
+    return model.eval(), int(meta.get("shared_blocks") or 0) or model.num_blocks
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    upto = getattr(model, "shared_depth", None)
+def embed(model: torch.nn.Module, x: np.ndarray, upto: int | None = None, batch: int = 64) -> np.ndarray:
     out = [model.embed(torch.from_numpy(x[i : i + batch]), upto) for i in range(0, len(x), batch)]
     z = torch.cat(out).numpy()
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-8)
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from skeletons.preprocess import PreprocessConfig, to_arrays
 
     checkpoint = Path(args.checkpoint)
-    model = load_backbone(checkpoint)
+    model, depth = load_backbone(checkpoint)
     meta = json.loads((checkpoint / "global.json").read_text())
     root = None
     if args.dataset != "synthetic":
@@ -93,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = in_layout(dataset, meta["layout"])
     x, y = to_arrays(dataset, PreprocessConfig(num_frames=args.num_frames or 52))
     subjects = np.array([s.subject for s in dataset.samples])
-    top1 = knn_top1(embed(model, x), y, subjects, args.k, args.folds)
+    top1 = knn_top1(embed(model, x, depth), y, subjects, args.k, args.folds)
     chance = np.bincount(y).max() / len(y)
     print(f"{args.dataset}: k-NN (k={args.k}, {args.folds} subject folds) top-1 {100 * top1:.1f}% "
           f"(majority class {100 * chance:.1f}%) on {len(y)} sequences")

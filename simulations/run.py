@@ -94,19 +94,13 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         settings = RunSettings.from_run_config(config)
         from server.federation import model_config_for  # a bad model fails before the engine starts
 
+        from models.roles import check_shared_blocks
+
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
-        check_shared_blocks_fit(settings.shared_blocks, len(model["channels"]))
+        check_shared_blocks(settings.shared_blocks, len(model["channels"]))
     except ValueError as err:
         raise UserError(str(err)) from None
     return settings
-
-
-def check_shared_blocks_fit(shared_blocks: int, num_blocks: int) -> None:
-    """``shared-blocks`` must leave at least one block shared and name a real depth."""
-    from models.roles import check_shared_blocks
-
-    if check_shared_blocks(shared_blocks) > num_blocks:
-        raise ValueError(f"shared-blocks = {shared_blocks}, but the model has {num_blocks} blocks")
 
 
 def scenario_for_engine(args: argparse.Namespace, settings: RunSettings) -> Scenario:
