@@ -537,3 +537,24 @@ def evaluate(model: nn.Module, data: Any, device: str | torch.device = "auto",
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long())
     acc = float((logits.argmax(1) == labels).mean())
     return {"loss": float(loss), "accuracy": acc, "num_examples": n}
+
+
+def evaluate_ensemble(models: Sequence[nn.Module], data: Any, device: str | torch.device = "auto",
+                      batch_size: int = 64) -> dict[str, float]:
+    """:func:`evaluate` for models that vote by their mean softmax (one model: the same
+    accuracy, and its cross-entropy as the loss). Members trained from different seeds
+    err on different samples, which is what an ensemble gains on."""
+    if not models:
+        raise ValueError("evaluate_ensemble needs at least one model")
+    probs, labels = None, np.zeros(0, np.int64)
+    for model in models:
+        logits, labels = predict(model, data, device, batch_size)
+        p = torch.from_numpy(logits).softmax(dim=1)
+        probs = p if probs is None else probs + p
+    n = len(labels)
+    if n == 0:
+        return {"loss": 0.0, "accuracy": 0.0, "num_examples": 0}
+    mean = probs / len(models)
+    loss = F.nll_loss(mean.clamp_min(1e-12).log(), torch.from_numpy(labels).long())
+    acc = float((mean.argmax(1).numpy() == labels).mean())
+    return {"loss": float(loss), "accuracy": acc, "num_examples": n}

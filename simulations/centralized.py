@@ -73,7 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="that constant rate, as a fraction of --lr")
     parser.add_argument("--dropout", type=float, default=RECIPE["dropout"],
                         help="dropout before the classifier (ModelConfig.dropout; --model-overrides wins)")
-    parser.add_argument("--model", default="slim", help="model preset: slim, wide, reference")
+    parser.add_argument("--model", default=None,
+                        help=f"model preset: slim, fast, wide, reference (default {RECIPE['model']})")
+    parser.add_argument("--ensemble", type=int, default=None,
+                        help=f"train this many members (seeds --seed, --seed+1, ...) and classify by "
+                             f"their mean softmax (default {RECIPE['ensemble']})")
     parser.add_argument("--model-overrides", default=None,
                         help='JSON object of ModelConfig fields, e.g. \'{"temporal_kernel": 5}\'')
     parser.add_argument("--frames", type=int, default=RECIPE["frames"], help="frames per sequence after resampling")
@@ -118,6 +122,8 @@ RECIPE: dict[str, Any] = {
     "canonical_view": False,
     "input_range": True,
     "temporal": "full",
+    "model": "slim",
+    "ensemble": 1,
 }
 
 # Where a data set's own measurement chose otherwise. MSR Action3D is filmed from one
@@ -227,15 +233,19 @@ def load(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from client.trainer import TrainConfig, evaluate, resolve_device, train
-    from models import ModelConfig, build_model, save_model
+    from client.trainer import TrainConfig, evaluate_ensemble, resolve_device
+    from models import ModelConfig, save_model
     from skeletons.atomic import write_json
     from skeletons.preprocess import PreprocessConfig, to_arrays
 
     started = time.perf_counter()
     torch.set_num_threads(choose_threads(args.threads))
     try:
-        model_config = ModelConfig.preset(args.model).with_(
+        preset = recipe_value(args.dataset, args, "model")
+        members = recipe_value(args.dataset, args, "ensemble")
+        if members < 1:
+            raise ValueError(f"--ensemble must be at least 1, got {members}")
+        model_config = ModelConfig.preset(preset).with_(
             input_range=args.input_range, dropout=args.dropout, temporal=recipe_value(args.dataset, args, "temporal")
         )
         if args.model_overrides:
@@ -245,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             model_config = ModelConfig.from_dict({**model_config.to_dict(), **overrides})
         device = resolve_device(args.device)
     except (ValueError, TypeError) as err:
-        raise UserError(f"--model/--model-overrides/--device: {err}") from None
+        raise UserError(f"--model/--ensemble/--model-overrides/--device: {err}") from None
     dataset = load(args)
     protocol = args.protocol or DEFAULT_PROTOCOL.get(args.dataset, "subject")
     train_idx, test_idx = split_indices(dataset, protocol, args.test_fraction, args.seed)
@@ -256,36 +266,42 @@ def run(args: argparse.Namespace) -> int:
           f"{dataset.num_classes} classes, protocol {protocol}, device {device}, "
           f"{torch.get_num_threads()} CPU thread(s)", flush=True)
 
-    torch.manual_seed(args.seed)
-    model = build_model(dataset.layout, dataset.num_classes, persons, model_config)
-    params = sum(p.numel() for p in model.parameters())
+    test_data = (x[test_idx], y[test_idx])
+    train_data = (x[train_idx], y[train_idx])
+    history: list[dict[str, Any]] = []
+    models, member_results, configs = [], [], []
     try:
-        config = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-            weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
-            **augmentation_for(args.dataset, args), shear=args.shear,
-            temporal_crop=args.temporal_crop, label_smoothing=args.label_smoothing,
-            swa_epochs=args.swa_epochs, swa_lr_factor=args.swa_lr_factor,
-            device=str(device), seed=args.seed,
-        )
+        for member in range(members):
+            seed = args.seed + member
+            config = TrainConfig(
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+                **augmentation_for(args.dataset, args), shear=args.shear,
+                temporal_crop=args.temporal_crop, label_smoothing=args.label_smoothing,
+                swa_epochs=args.swa_epochs, swa_lr_factor=args.swa_lr_factor,
+                device=str(device), seed=seed,
+            )
+            if members > 1:
+                print(f"member {member + 1}/{members} (seed {seed})", flush=True)
+            model, out, member_history = train_member(
+                dataset, persons, model_config, config, train_data, test_data, device, seed, member + 1,
+            )
+            history.extend(member_history)
+            models.append(model)
+            configs.append(config)
+            member_results.append({
+                "member": member + 1, "seed": seed, "accuracy": member_history[-1]["test_accuracy"],
+                "best_epoch_accuracy": max(h["test_accuracy"] for h in member_history),
+                "train": {k: out[k] for k in ("loss", "accuracy", "seconds", "steps")},
+            })
     except ValueError as err:
         raise UserError(str(err)) from None
-    test_data = (x[test_idx], y[test_idx])
-    history: list[dict[str, Any]] = []
-
-    def progress(record: dict[str, Any]) -> None:
-        ev = evaluate(model, test_data, device)
-        model.train()
-        record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
-        history.append(record)
-        print(f"epoch {record['epoch']:3d}/{record['epochs']}  loss {record['loss']:.4f}  "
-              f"train {record['accuracy']:.4f}  test {ev['accuracy']:.4f}  "
-              f"lr {record['lr']:.4g}  {record['seconds']:.1f}s", flush=True)
-
-    out = train(model, (x[train_idx], y[train_idx]), config, progress=progress)
-    final = evaluate(model, test_data, device)
+    final = evaluate_ensemble(models, test_data, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_model(model, args.out / "model")
+    for member, model in enumerate(models, start=1):
+        save_model(model, args.out / ("model" if member == 1 else f"model-{member}"))
+    params = sum(p.numel() for model in models for p in model.parameters())
+    config = configs[0]
     results = {
         "scenario": f"centralized:{dataset.name}:{protocol}",
         "strategy": "centralized",
@@ -299,17 +315,21 @@ def run(args: argparse.Namespace) -> int:
             "mean_accuracy": final["accuracy"],
             "accuracy": final["accuracy"],
             "loss": final["loss"],
-            "best_epoch_accuracy": max(h["test_accuracy"] for h in history),
-            # the last epoch's own weights; differs from accuracy when weights are averaged
+            # of one member: the best and the last epoch's own weights (the last differs
+            # from accuracy when weights are averaged or members are ensembled)
+            "best_epoch_accuracy": max(m["best_epoch_accuracy"] for m in member_results),
             "last_epoch_accuracy": history[-1]["test_accuracy"],
+            "member_accuracy": [m["accuracy"] for m in member_results],
         },
+        "members": member_results,
         "history": history,
-        "train": {k: out[k] for k in ("loss", "accuracy", "seconds", "steps")},
+        "train": {k: sum(m["train"][k] for m in member_results) if k in ("seconds", "steps")
+                  else member_results[-1]["train"][k] for k in ("loss", "accuracy", "seconds", "steps")},
         "params": params,
         "seconds": time.perf_counter() - started,
         "config": {
             "train": config.to_dict(),
-            "model": {"preset": args.model, **model_config.to_dict()},
+            "model": {"preset": preset, "ensemble": members, **model_config.to_dict()},
             "preprocess": prep.to_dict(),
             "seed": args.seed,
         },
@@ -322,6 +342,36 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     write_json(args.out / "results.json", results)
+    if members > 1:
+        print("members' top-1 " + ", ".join(f"{m['accuracy']:.4f}" for m in member_results)
+              + f"; their mean softmax: {final['accuracy']:.4f}", flush=True)
     print(f"final top-1 {final['accuracy']:.4f} on {len(test_idx)} test samples; "
           f"wrote {args.out / 'results.json'} ({results['seconds']:.0f}s)", flush=True)
     return 0
+
+
+def train_member(
+    dataset: Any, persons: int, model_config: Any, config: Any, train_data: tuple, test_data: tuple,
+    device: Any, seed: int, member: int,
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """One model trained by the sites' own trainer, scored on the test split every epoch."""
+    import torch
+
+    from client.trainer import evaluate, train
+    from models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(dataset.layout, dataset.num_classes, persons, model_config)
+    history: list[dict[str, Any]] = []
+
+    def progress(record: dict[str, Any]) -> None:
+        ev = evaluate(model, test_data, device)
+        model.train()
+        record.update(member=member, test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+        history.append(record)
+        print(f"epoch {record['epoch']:3d}/{record['epochs']}  loss {record['loss']:.4f}  "
+              f"train {record['accuracy']:.4f}  test {ev['accuracy']:.4f}  "
+              f"lr {record['lr']:.4g}  {record['seconds']:.1f}s", flush=True)
+
+    out = train(model, train_data, config, progress=progress)
+    return model, out, history

@@ -72,6 +72,36 @@ def test_centralized_synthetic_run_writes_results(tmp_path):
     assert model.num_classes == results["num_classes"]
 
 
+@pytest.mark.slow
+def test_centralized_ensemble_trains_members_from_consecutive_seeds(tmp_path):
+    from models import load_model
+    from simulations.cli import main
+
+    out = tmp_path / "ens"
+    code = main(["centralized", "--out", str(out), "--epochs", "2", "--frames", "24", "--ensemble", "2",
+                 "--model", "fast", "--device", "cpu", "--threads", "1", "--seed", "3",
+                 "--rotate", "17", "--rotate-axes", "xyz", "--scale", "0.1"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [m["seed"] for m in results["members"]] == [3, 4]
+    assert [(h["member"], h["epoch"]) for h in results["history"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert results["final"]["member_accuracy"] == [m["accuracy"] for m in results["members"]]
+    assert results["config"]["model"]["preset"] == "fast" and results["config"]["model"]["ensemble"] == 2
+    assert results["config"]["model"]["strides"][0] == 2
+    first, second = load_model(out / "model"), load_model(out / "model-2")
+    differs = any(not np.array_equal(p.detach().numpy(), q.detach().numpy())
+                  for p, q in zip(first.parameters(), second.parameters()))
+    assert differs  # two members, not one model saved twice
+    assert results["params"] == 2 * sum(p.numel() for p in first.parameters())
+
+
+def test_ensemble_below_one_is_refused(tmp_path):
+    from simulations.cli import main
+
+    assert main(["centralized", "--out", str(tmp_path / "x"), "--ensemble", "0"]) != 0
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
 def test_default_recipe_is_the_measured_one():
     """The defaults are the NW-UCLA recipe recorded in BENCHMARKS.md; a change here
     must come with a new measurement."""
@@ -87,10 +117,11 @@ def test_default_recipe_is_the_measured_one():
     assert augmentation_for("msr-action3d", args) == {"rotate": 17.0, "rotate_axes": "xyz", "scale": 0.1}
     given = parser.parse_args(["--out", "x", "--rotate", "0", "--no-input-range"])
     assert augmentation_for("msr-action3d", given)["rotate"] == 0.0  # an option given wins, even 0
-    assert args.input_range is True and given.input_range is False and args.model == "slim"
+    assert args.input_range is True and given.input_range is False
     from simulations.centralized import recipe_value
 
     args.dataset = "nw-ucla"
     assert recipe_value("nw-ucla", args, "temporal") == "full"
+    assert (recipe_value("nw-ucla", args, "model"), recipe_value("nw-ucla", args, "ensemble")) == ("slim", 1)
     assert recipe_value("msr-action3d", args, "temporal") == "multiscale"
     assert recipe_value("msr-action3d", parser.parse_args(["--out", "x", "--temporal", "full"]), "temporal") == "full"

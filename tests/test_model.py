@@ -49,9 +49,15 @@ def test_shapes_for_layouts_and_persons(layout, persons):
 
 
 def test_slim_default_and_presets_build():
-    for config in (ModelConfig(), ModelConfig.preset("wide"), ModelConfig.preset("reference")):
-        model = build_model(KINECT_V1, 10, 1, config)
-        assert model(torch.randn(2, 3, 20, 20, 1)).shape == (2, 10)
+    for name in ("slim", "fast", "wide", "reference"):
+        model = build_model(KINECT_V1, 10, 1, ModelConfig.preset(name))
+        assert model(torch.randn(2, 3, 20, 20, 1)).shape == (2, 10), name
+    slim = build_model(KINECT_V1, 10, 1, ModelConfig.preset("slim"))
+    fast = build_model(KINECT_V1, 10, 1, ModelConfig.preset("fast"))
+    # fast halves the frames already in block 1 (slim in block 3); both end at a quarter
+    x = torch.randn(2, 3, 32, 20, 1)
+    assert fast.block_features(x, 1).shape[2] * 2 == slim.block_features(x, 1).shape[2] == 32
+    assert fast.block_features(x, 6).shape[2] == slim.block_features(x, 6).shape[2] == 8
     with pytest.raises(ValueError, match="unknown model preset"):
         ModelConfig.preset("huge")
 

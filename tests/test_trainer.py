@@ -12,7 +12,9 @@ from client.augment import Augmentation, augment, rotation_matrices, temporal_cr
 from client.trainer import (
     TrainConfig,
     evaluate,
+    evaluate_ensemble,
     lr_factor,
+    predict,
     resolve_device,
     train,
     training_loss,
@@ -51,6 +53,25 @@ def test_loss_falls_and_task_is_learned():
     assert after["loss"] < before["loss"]
     assert after["accuracy"] >= 0.9
     assert out["num_examples"] == len(x) and out["steps"] == 6 * 6
+
+
+def test_ensemble_votes_by_mean_softmax():
+    x, y = separable_task(n=32)
+    a, b = _model(0, classes=3), _model(1, classes=3)
+    y = np.arange(len(x)) % 3  # three classes: two untrained members disagree often
+    alone = evaluate(a, (x, y), "cpu")
+    one = evaluate_ensemble([a], (x, y), "cpu")
+    assert one["accuracy"] == alone["accuracy"] and one["loss"] == pytest.approx(alone["loss"], rel=1e-5)
+    pa = torch.from_numpy(predict(a, (x, y), "cpu")[0]).softmax(1)
+    pb = torch.from_numpy(predict(b, (x, y), "cpu")[0]).softmax(1)
+    assert (pa.argmax(1) != pb.argmax(1)).any()  # otherwise the vote proves nothing
+    both = evaluate_ensemble([a, b], (x, y), "cpu")
+    expected = float(((pa + pb).argmax(1).numpy() == y).mean())
+    assert both["accuracy"] == expected
+    nll = float(-((pa + pb) / 2)[torch.arange(len(y)), torch.from_numpy(y)].log().mean())
+    assert both["loss"] == pytest.approx(nll, rel=1e-5)
+    with pytest.raises(ValueError, match="at least one model"):
+        evaluate_ensemble([], (x, y), "cpu")
 
 
 def test_accepts_a_data_loader():
