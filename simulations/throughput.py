@@ -92,8 +92,9 @@ def benchmark(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="slim,wide,reference",
-                        help="comma-separated model presets (default: slim,wide,reference)")
+    parser.add_argument("--presets", default="slim,fast,wide,reference",
+                        help="comma-separated model presets (default: slim,fast,wide,reference); an "
+                             "ensemble of K members trains at 1/K of its member's rate")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME=JSON',
                         help='also time the slim preset with ModelConfig fields changed, e.g. '
                              '\'slim-ms={"temporal": "multiscale"}\' (repeatable)')

@@ -59,7 +59,9 @@ def test_centralized_synthetic_run_writes_results(tmp_path):
     results = json.loads((out / "results.json").read_text())
     chance = 1.0 / results["num_classes"]
     assert results["final"]["mean_accuracy"] > 2 * chance
-    assert [h["epoch"] for h in results["history"]] == [1, 2, 3, 4]
+    # the default: two members, each with its own four epochs
+    assert [(h["member"], h["epoch"]) for h in results["history"]] == [(m, e) for m in (1, 2) for e in range(1, 5)]
+    assert results["config"]["model"]["preset"] == "fast" and results["config"]["model"]["ensemble"] == 2
     assert results["config"]["train"]["epochs"] == 4 and results["params"] > 0
     assert results["config"]["train"]["rotate_axes"] == "xyz"  # the options given reach the trainer
     assert results["config"]["model"]["input_range"] is True  # the default recipe's rescaling
@@ -122,6 +124,6 @@ def test_default_recipe_is_the_measured_one():
 
     args.dataset = "nw-ucla"
     assert recipe_value("nw-ucla", args, "temporal") == "full"
-    assert (recipe_value("nw-ucla", args, "model"), recipe_value("nw-ucla", args, "ensemble")) == ("slim", 1)
+    assert (recipe_value("nw-ucla", args, "model"), recipe_value("nw-ucla", args, "ensemble")) == ("fast", 2)
     assert recipe_value("msr-action3d", args, "temporal") == "multiscale"
     assert recipe_value("msr-action3d", parser.parse_args(["--out", "x", "--temporal", "full"]), "temporal") == "full"
