@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import nullcontext
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.metrics import record_exchange
+from client.personal_phase import fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
 from client.site import (
     build_site_model,
@@ -79,25 +81,33 @@ def train(msg: Message, context: Context) -> Message:
     load_parameters(model, received, personal)
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
 
-    teacher = None
+    from client.trainer import make_optimizer
+    from privacy.dp import BudgetExhausted, dp_requested, train_site
+
     recipe = _train_config(config, seed=setup.seed + server_round)
+    shared_blocks = int(config.get("shared-blocks", 0))
+    personal_epochs = int(config.get("personal-epochs", 0))
+    started = time.perf_counter()
+    if personal_epochs > 0:
+        if dp_requested(context, config):  # the personal phase would train on private data unaccounted
+            raise ValueError("personal-epochs > 0 is not available with DP-SGD: set personal-epochs = 0")
+        fit_personal(model, (data.x_train, data.y_train), recipe, personal_epochs, policy, shared_blocks,
+                     train_model)
+    teacher = None
     if recipe.grains and server_round > 1:  # round 1's "global" model is untrained
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
-    from client.trainer import make_optimizer
-    from privacy.dp import BudgetExhausted, train_site
-
-    started = time.perf_counter()
-    try:  # DP-SGD under the site's budget when its settings or the run config ask for it
-        metrics, privacy_metrics = train_site(
-            context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
-            train_fn=train_model, optimizer_fn=make_optimizer,
-            teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
-        )
-    except BudgetExhausted as stop:
-        return _declined(msg, context, received, setup.spec.name, stop)
+    with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
+        try:  # DP-SGD under the site's budget when its settings or the run config ask for it
+            metrics, privacy_metrics = train_site(
+                context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
+                train_fn=train_model, optimizer_fn=make_optimizer,
+                teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
+            )
+        except BudgetExhausted as stop:
+            return _declined(msg, context, received, setup.spec.name, stop)
     if privacy_metrics["privacy-dp"]:
         from client.metrics import record_privacy_spent
 
@@ -105,7 +115,7 @@ def train(msg: Message, context: Context) -> Message:
     seconds = time.perf_counter() - started
     trained = _evaluate_trained(model, data, config)
 
-    shared, personal = split_parameters(model, policy, int(config.get("shared-blocks", 0)))
+    shared, personal = split_parameters(model, policy, shared_blocks)
     keep_personal(context, personal)
     save_personal(context, config, personal)
     reply = RecordDict({

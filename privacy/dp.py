@@ -407,6 +407,12 @@ def ledger_store(context: Any, path: Path | None) -> LedgerStore:
     return MirroredStore(FileStore(path), in_state) if path is not None else in_state
 
 
+def dp_requested(context: Any, config: Mapping[str, Any]) -> bool:
+    """Whether this site trains with DP-SGD this round (its own settings or the run config's)."""
+    own, _ = site_privacy(context.node_config)
+    return DPSettings.resolve((config, "run config"), (own, "site config")).enabled
+
+
 def train_site(
     context: Any,
     config: Mapping[str, Any],

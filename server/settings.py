@@ -16,6 +16,7 @@ class RunSettings:
     strategy: str = "fsar"
     num_server_rounds: int = 10
     local_epochs: int = 1
+    personal_epochs: int = 0  # >0: sites fit their personal part first, then train only the shared part
     batch_size: int = 32
     learning_rate: float = 0.05
     lr_schedule: str = "constant"  # of the sites' learning rate over rounds: constant or cosine

@@ -19,6 +19,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paths", default="", help="TOML naming where each site's data set lives (fsar-paper)")
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (scenario default if omitted)")
     parser.add_argument("--local-epochs", type=int, default=None)
+    parser.add_argument("--personal-epochs", type=int, default=None,
+                        help="epochs a site first trains only its personal part on the received model, "
+                             "then local-epochs of the shared part alone (FedRep's order; 0: off)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="site learning rate")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
@@ -67,7 +70,8 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         raise UserError(f"--data-root {args.data_root} is not a folder")
     config = dict(scenario.defaults)
     overrides = {
-        "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
+        "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "personal-epochs": args.personal_epochs,
+        "batch-size": args.batch_size,
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
