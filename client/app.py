@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.metrics import record_exchange
-from client.personal_phase import fit_personal, shared_only
+from client.personal_phase import check_personal_epochs, fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
 from client.site import (
     build_site_model,
@@ -89,8 +89,7 @@ def train(msg: Message, context: Context) -> Message:
     personal_epochs = int(config.get("personal-epochs", 0))
     started = time.perf_counter()
     if personal_epochs > 0:
-        if dp_requested(context, config):  # the personal phase would train on private data unaccounted
-            raise ValueError("personal-epochs > 0 is not available with DP-SGD: set personal-epochs = 0")
+        check_personal_epochs(personal_epochs, dp_requested(context, config))  # the site's own DP too
         fit_personal(model, (data.x_train, data.y_train), recipe, personal_epochs, policy, shared_blocks,
                      train_model)
     teacher = None

@@ -131,18 +131,6 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
     }
 
 
-def check_personal_epochs(personal_epochs: int, site_dp_keys: Mapping[str, Any]) -> None:
-    """``personal-epochs`` must be >= 0 and cannot be combined with the sites' DP-SGD: the
-    personal phase trains on private data outside the privacy ledger."""
-    from privacy.dp import DPSettings
-
-    if personal_epochs < 0:
-        raise ValueError(f"run config 'personal-epochs' must be >= 0, got {personal_epochs}")
-    if personal_epochs and DPSettings.resolve((site_dp_keys, "run config")).enabled:
-        raise ValueError("run config 'personal-epochs' > 0 is not available with DP-SGD on the sites "
-                         "(dp-epsilon / dp-noise-multiplier): set personal-epochs = 0")
-
-
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
     scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
@@ -192,7 +180,10 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     )
     for key, value in privacy.train_keys.items():
         train_config[key] = value
-    check_personal_epochs(settings.personal_epochs, privacy.train_keys)
+    from client.personal_phase import check_personal_epochs
+    from privacy.dp import DPSettings
+
+    check_personal_epochs(settings.personal_epochs, DPSettings.resolve((privacy.train_keys, "run config")).enabled)
     started = time.perf_counter()
 
     def on_round_end(server_round: int, global_arrays: ArrayRecord) -> None:

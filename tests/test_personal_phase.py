@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.personal_phase import trainable_only
+from client.personal_phase import check_personal_epochs, trainable_only
 from models.roles import split_state
-from server.federation import check_personal_epochs
 from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
 
 
@@ -55,8 +54,13 @@ def test_trainable_only_restores_the_flags():
 
 def test_personal_epochs_refused_with_site_dp():
     with pytest.raises(ValueError, match="personal-epochs"):
-        check_personal_epochs(1, {"dp-epsilon": 8.0, "num-server-rounds": 2})
+        check_personal_epochs(1, dp_enabled=True)
     with pytest.raises(ValueError, match=">= 0"):
-        check_personal_epochs(-1, {})
-    check_personal_epochs(1, {"num-server-rounds": 2})  # no DP: fine
-    check_personal_epochs(0, {"dp-epsilon": 8.0})
+        check_personal_epochs(-1, dp_enabled=False)
+    check_personal_epochs(1, dp_enabled=False)  # no DP: fine
+    check_personal_epochs(0, dp_enabled=True)
+
+
+def test_coordinator_refuses_personal_epochs_with_site_dp():
+    with pytest.raises(ValueError, match="personal-epochs"):
+        recorded_fsar_rounds(**{"personal-epochs": 1, "dp-epsilon": 8.0})
