@@ -22,8 +22,11 @@ A token is one joint over a window of ``window`` frames. The :class:`Anonymizer`
 Training (:func:`fit_anonymizer`) alternates between adversaries and the anonymizer.
 The privacy adversary (a re-identifier with attribute heads: a motion CNN plus an MLP on
 per-sequence statistics) is trained on the anonymizer's current output,
-``adversary_steps`` times per anonymizer step. The action recognizer is trained first on
-the canonical-body input for ``action_teacher_epochs`` and then frozen: a recognizer
+``adversary_steps`` times per anonymizer step. The action recognizer (the same two
+networks plus, with ``teacher_features``, the audit's feature MLP; their probabilities
+are averaged) is trained first on the canonical-body input for ``action_teacher_epochs``
+with a one-cycle schedule and then frozen. Its accuracy on unseen people bounds the
+action accuracy of the output, since it picks the prototype. A recognizer
 that co-adapts with the anonymizer lets it hide the action in patterns no fresh
 classifier can read (``action_teacher_epochs=0`` co-trains it anyway); the anonymizer then minimizes
 ``action_weight * CE(action) + privacy_weight * (P(reid) + attribute_weight * sum P(attr))
@@ -59,7 +62,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from privacy.attackers import MotionCNN
+from privacy.attackers import FeatureNet, MotionCNN, sequence_features_torch
 from privacy.bone_normalize import (
     BoneNormalizeConfig,
     CANONICAL_TORSO,
@@ -73,7 +76,7 @@ from skeletons.layouts import Layout, get_layout
 log = logging.getLogger(__name__)
 
 METHODS = ("none", "bones", "learned")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the action recognizer may carry a third part (teacher_features)
 _DECIMETRE = 0.1  # network inputs and position losses are measured in decimetres
 
 
@@ -95,7 +98,9 @@ class AnonymizerConfig:
     adversary_lr: float = 2e-3
     adversary_hidden: int = 48
     adversary_steps: int = 1
-    action_teacher_epochs: int = 8  # 0: the action recognizer adapts to the anonymizer instead
+    action_teacher_epochs: int = 40  # 0: the action recognizer adapts to the anonymizer instead
+    teacher_batch_size: int = 64
+    teacher_features: bool = True  # the recognizer adds an MLP on motion statistics (+3 points unseen)
     action_weight: float = 1.0
     privacy_weight: float = 0.3
     attribute_weight: float = 1.0
@@ -125,6 +130,8 @@ class AnonymizerConfig:
             raise ValueError(f"AnonymizerConfig.mix must be in [0, 1], got {self.mix}")
         if self.mix > 0 and self.action_teacher_epochs < 1:
             raise ValueError("AnonymizerConfig.mix > 0 needs action_teacher_epochs >= 1 (the action recognizer)")
+        if self.teacher_batch_size < 2:
+            raise ValueError(f"AnonymizerConfig.teacher_batch_size must be >= 2, got {self.teacher_batch_size}")
         if self.adversary_steps < 1:
             raise ValueError(f"AnonymizerConfig.adversary_steps must be >= 1, got {self.adversary_steps}")
         if self.privacy_loss not in ("uniform", "neg_ce"):
@@ -229,10 +236,8 @@ class Anonymizer(nn.Module):
         self.teacher: nn.ModuleList | None = None
         if config.num_classes > 0:
             channels = 3 * layout.num_joints * config.num_persons
-            self.teacher = nn.ModuleList([
-                MotionCNN(channels, [config.num_classes], config.adversary_hidden),
-                _StatsAdversary(channels, [config.num_classes], config.adversary_hidden),
-            ])
+            self.teacher = _recognizer(layout, channels, [config.num_classes], config.adversary_hidden,
+                                       config.teacher_features)
             self.register_buffer("prototypes", torch.zeros(
                 config.num_classes, 3, max(1, config.frames), layout.num_joints, config.num_persons))
 
@@ -391,6 +396,25 @@ def adversary_step_on(net: nn.Module, optim: torch.optim.Optimizer, x: torch.Ten
     optim.step()
 
 
+class _FeatureRecognizer(FeatureNet):
+    """The audit's statistics MLP (:class:`FeatureNet`), differentiable in the raw sequence,
+    so that the anonymizer can be trained through it."""
+
+    def standardize_from(self, x: torch.Tensor) -> None:
+        self.norm.set_stats(sequence_features_torch(x, self.layout, eps=1e-8))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.head(self.embed(sequence_features_torch(x, self.layout, eps=1e-8)))
+
+
+def _recognizer(layout: Layout, channels: int, classes: list[int], hidden: int, features: bool) -> nn.ModuleList:
+    """A motion CNN plus a statistics MLP, and with ``features`` the audit's feature MLP."""
+    parts: list[nn.Module] = [MotionCNN(channels, classes, hidden), _StatsAdversary(channels, classes, hidden)]
+    if features:
+        parts.append(_FeatureRecognizer(layout, layout.num_joints, classes, hidden))
+    return nn.ModuleList(parts)
+
+
 class _StatsAdversary(nn.Module):
     """MLP on per-sequence means and spreads of every coordinate and velocity: the cheap
     statistics (posture, amplitude, speed) that a feature attacker exploits."""
@@ -446,6 +470,28 @@ def _roughness(out: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
     return (d[:, :, 2:] - 2 * d[:, :, 1:-1] + d[:, :, :-2]).pow(2).mean()
 
 
+def _fit_action_teacher(net: nn.Module, xn: torch.Tensor, actions: torch.Tensor, cfg: AnonymizerConfig,
+                        gen: torch.Generator) -> None:
+    """Train the action recognizer on canonical-body input with a one-cycle schedule.
+
+    Its accuracy on people it has not seen bounds the anonymizer's action accuracy (the
+    prototype it picks is painted in), so it gets the schedule and length the audit's own
+    classifiers get rather than a few constant-rate epochs.
+    """
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
+    size = cfg.teacher_batch_size
+    steps = cfg.action_teacher_epochs * math.ceil(len(xn) / size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.adversary_lr, total_steps=steps)
+    target = actions.unsqueeze(1)
+    for _ in range(cfg.action_teacher_epochs):
+        perm = torch.randperm(len(xn), generator=gen)
+        for start in range(0, len(xn), size):
+            idx = perm[start : start + size]
+            if len(idx) > 1:
+                adversary_step_on(net, opt, xn[idx], target[idx])
+            sched.step()
+
+
 def fit_anonymizer(
     x: np.ndarray,
     actions: np.ndarray,
@@ -483,17 +529,16 @@ def fit_anonymizer(
     y_priv = torch.from_numpy(np.stack([subjects] + attr_codes, axis=1))
     channels = 3 * layout.num_joints * x.shape[4]
 
-    def new_adversary(classes: list[int], seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Motion CNN plus statistics MLP, trained together against the anonymizer."""
+    def new_adversary(classes: list[int], seed: int, features: bool = False) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Motion CNN plus statistics MLP (plus feature MLP), trained together."""
         torch.manual_seed(seed)
-        net = nn.ModuleList([MotionCNN(channels, classes, cfg.adversary_hidden),
-                             _StatsAdversary(channels, classes, cfg.adversary_hidden)])
+        net = _recognizer(layout, channels, classes, cfg.adversary_hidden, features)
         for part in net:
             part.standardize_from(xn)
         return net, torch.optim.AdamW(net.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
 
     priv, opt_priv = new_adversary(priv_classes, cfg.seed + 1)
-    util, opt_util = new_adversary([num_actions], cfg.seed + 2)
+    util, opt_util = new_adversary([num_actions], cfg.seed + 2, model.teacher is not None and cfg.teacher_features)
     if model.teacher is not None:  # the recognizer becomes part of the model (prototype choice)
         model.teacher.load_state_dict(util.state_dict())
         util = model.teacher
@@ -508,9 +553,8 @@ def fit_anonymizer(
     # The action recognizer is trained on the canonical-body input and then frozen, so the
     # anonymizer must keep the action readable in natural motion rather than hide it in
     # patterns only a co-adapted recognizer understands.
-    for _ in range(cfg.action_teacher_epochs):
-        for idx in batches():
-            adversary_step_on(util, opt_util, xn[idx], y_act[idx].unsqueeze(1))
+    if cfg.action_teacher_epochs:
+        _fit_action_teacher(util, xn, y_act, cfg, gen)
     util.eval()
     for p in util.parameters():
         p.requires_grad_(False)
@@ -628,7 +672,7 @@ def load_anonymizer(path: str | os.PathLike[str]) -> Anonymizer:
         raise ValueError(f"{json_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != "fedsar-anonymizer":
         raise ValueError(f"{json_path}: field 'format' must be 'fedsar-anonymizer'")
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{json_path}: unsupported 'version' {meta.get('version')!r}")
     for key in ("layout", "config", "weights_sha256"):
         if key not in meta:
@@ -640,7 +684,8 @@ def load_anonymizer(path: str | os.PathLike[str]) -> Anonymizer:
         raise ValueError(f"{npz_path}: weights do not match 'weights_sha256' in {json_path}")
     try:
         layout = get_layout(meta["layout"])
-        config = AnonymizerConfig.from_dict(meta["config"])
+        fields_v1 = {"teacher_features": False, "teacher_batch_size": 64} if meta["version"] == 1 else {}
+        config = AnonymizerConfig.from_dict({**fields_v1, **meta["config"]})
     except (ValueError, TypeError) as err:
         raise ValueError(f"{json_path}: {err}") from None
     model = Anonymizer(layout, config)

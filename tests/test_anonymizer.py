@@ -212,3 +212,39 @@ def test_prototype_mix_pulls_people_towards_the_average_performer() -> None:
     assert mixed.shape == x.shape
     with pytest.raises(ValueError, match="mix"):
         model.anonymize(x, 1.0, mix=1.5)
+
+
+def test_feature_statistics_match_the_audit_and_keep_gradients_finite() -> None:
+    from privacy.attackers import sequence_features, sequence_features_torch
+
+    x = random_people(KINECT_V1, n=3, t=10)
+    x[0, :, 6:] = 0.0  # padding frames
+    x[1, :, :, 4] = x[1, :, :1, 4]  # a joint that never moves: speed 0, sqrt'(0) is infinite
+    exact = sequence_features(x, KINECT_V1)
+    data = torch.from_numpy(x).requires_grad_(True)
+    smooth = sequence_features_torch(data, KINECT_V1, eps=1e-8)
+    np.testing.assert_allclose(smooth.detach().numpy(), exact, atol=1e-3)
+    smooth.sum().backward()
+    assert data.grad is not None and torch.isfinite(data.grad).all() and data.grad.abs().sum() > 0
+
+
+def test_recognizer_has_the_feature_part_and_version_1_files_still_load(tmp_path) -> None:
+    x = random_people(KINECT_V1, n=12, t=12)
+    actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
+    cfg = {**TINY.to_dict(), "action_teacher_epochs": 2, "mix": 0.8}
+    model = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**cfg))
+    assert model.teacher is not None and len(model.teacher) == 3
+    old = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**{**cfg, "teacher_features": False}))
+    assert old.teacher is not None and len(old.teacher) == 2
+    js = save_anonymizer(old, tmp_path / "old")
+    meta = json.loads(js.read_text())
+    meta["version"] = 1  # as written before the feature part existed
+    del meta["config"]["teacher_features"], meta["config"]["teacher_batch_size"]
+    js.write_text(json.dumps(meta))
+    loaded = load_anonymizer(js)
+    assert loaded.config.teacher_features is False
+    np.testing.assert_array_equal(loaded.anonymize(x, 1.0), old.anonymize(x, 1.0))
+    meta["version"] = 9
+    js.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="version"):
+        load_anonymizer(js)
