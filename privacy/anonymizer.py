@@ -542,7 +542,6 @@ def fit_anonymizer(
     if model.teacher is not None:  # the recognizer becomes part of the model (prototype choice)
         model.teacher.load_state_dict(util.state_dict())
         util = model.teacher
-        opt_util = torch.optim.AdamW(util.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
         model.prototypes.copy_(prototypes)
 
     def batches() -> list[torch.Tensor]:
