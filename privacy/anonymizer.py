@@ -683,7 +683,7 @@ def load_anonymizer(path: str | os.PathLike[str]) -> Anonymizer:
         raise ValueError(f"{npz_path}: weights do not match 'weights_sha256' in {json_path}")
     try:
         layout = get_layout(meta["layout"])
-        fields_v1 = {"teacher_features": False, "teacher_batch_size": 64} if meta["version"] == 1 else {}
+        fields_v1 = {"teacher_features": False} if meta["version"] == 1 else {}  # written before the feature part
         config = AnonymizerConfig.from_dict({**fields_v1, **meta["config"]})
     except (ValueError, TypeError) as err:
         raise ValueError(f"{json_path}: {err}") from None
