@@ -24,6 +24,7 @@ from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
 from skeletons.atomic import write_arrays, write_json
+from server.warm_start import warm_start
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario, resolve_scenario
 from strategies.registry import StrategyOptions, build_strategy, client_policy
@@ -138,6 +139,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     arrays = initial_arrays(scenario, settings, model_config, policy)
+    if settings.extra.get("initial-model"):
+        arrays, _ = warm_start(arrays, str(settings.extra["initial-model"]))
     options = StrategyOptions(
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
         lambda_kd=settings.lambda_kd, temperature=settings.temperature,

@@ -37,6 +37,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="share only blocks 1..K with the server; deeper blocks stay on the sites "
                              "(0, the default: every block)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
+    parser.add_argument("--initial-model", default=None,
+                        help="start from the shared parameters of a saved global model (a global.npz or the "
+                             "--out folder of an earlier run); parameters of another name or shape stay fresh")
     parser.add_argument("--site-cpus", type=float, default=None,
                         help="CPUs the engine reserves per site (overrides the scenario's num_cpus); "
                              "e.g. the machine's core count to train one site at a time")
@@ -77,6 +80,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
+        "initial-model": str(Path(args.initial_model).resolve()) if args.initial_model else None,
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
     for item in args.set:
@@ -102,6 +106,10 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
 
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
         check_shared_blocks(settings.shared_blocks, len(model["channels"]))
+        if settings.extra.get("initial-model"):
+            from server.warm_start import initial_model_file
+
+            initial_model_file(str(settings.extra["initial-model"]))
     except ValueError as err:
         raise UserError(str(err)) from None
     return settings

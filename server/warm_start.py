@@ -1,0 +1,62 @@
+"""Start a federation from a saved global model instead of a fresh one.
+
+A coordinator may begin from the ``global.npz`` of an earlier run, e.g. a backbone
+trained on public or synthetic data, so that the sites' private (and, under DP-SGD,
+noisy) training starts from useful features. Only the parameters the new run shares
+are taken, and only where name and shape agree: a classifier for another label set
+or a block of another width keeps its fresh initialization, and the log names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from skeletons.atomic import read_arrays
+
+log = logging.getLogger(__name__)
+
+
+class WarmStartError(ValueError):
+    """The initial model cannot be used: missing, unreadable, or sharing nothing."""
+
+
+def initial_model_file(spec: str | Path) -> Path:
+    """``global.npz`` itself, or a ``fedsar-sim run --out`` folder holding one."""
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "global.npz"
+    if not path.is_file():
+        raise WarmStartError(f"initial-model {spec}: no such file (give a global.npz or the folder holding it)")
+    return path
+
+
+def warm_start(fresh: ArrayRecord, spec: str | Path) -> tuple[ArrayRecord, list[str]]:
+    """``fresh`` with every parameter the saved model has under the same name and shape
+    replaced by the saved value; returns the record and the names kept fresh."""
+    path = initial_model_file(spec)
+    try:
+        saved = read_arrays(path)
+    except (OSError, ValueError) as err:
+        raise WarmStartError(f"initial-model {path}: cannot read it ({err})") from None
+    out: "OrderedDict[str, Array]" = OrderedDict()
+    kept_fresh: list[str] = []
+    for key, ref in fresh.items():
+        value = saved.get(key)
+        if value is not None and tuple(value.shape) == tuple(ref.shape):
+            out[key] = Array(np.ascontiguousarray(value, dtype=ref.numpy().dtype))
+        else:
+            out[key] = ref
+            kept_fresh.append(key)
+    if len(kept_fresh) == len(fresh) and len(fresh) > 0:
+        raise WarmStartError(
+            f"initial-model {path}: none of its {len(saved)} arrays matches a shared parameter of this model "
+            f"by name and shape (another layout or network?)"
+        )
+    log.info("initial model %s: %d of %d shared parameters loaded; kept fresh: %s",
+             path, len(fresh) - len(kept_fresh), len(fresh), ", ".join(kept_fresh) or "none")
+    return ArrayRecord(out), kept_fresh
