@@ -78,6 +78,23 @@ def initial_arrays(scenario: Scenario, settings: RunSettings, model_config: dict
     return ArrayRecord(OrderedDict(shared))
 
 
+def starting_arrays(
+    scenario: Scenario, settings: RunSettings, model_config: dict[str, Any], policy: str, initial_model: str
+) -> ArrayRecord:
+    """What round 1 sends when the run starts from ``initial_model``.
+
+    Normally the warm-started shared parameters. ``local`` shares nothing, so that every
+    site would start fresh and a warm-started federation could not be compared with
+    training alone from the same start: there round 1 sends the warm-started model
+    (without the heads when sites have their own label sets) as every site's starting
+    point, and no arrays travel after it (see ``strategies.baselines.LocalOnly``).
+    """
+    if policy == "local":
+        policy = "fedavg" if scenario.shared_label_set else "fedavg-local-heads"
+    arrays, _ = warm_start(initial_arrays(scenario, settings, model_config, policy), initial_model)
+    return arrays
+
+
 def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundRecord]) -> dict[str, Any]:
     """The results document of DESIGN.md's simulation results contract."""
     rounds = []
@@ -140,7 +157,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     arrays = initial_arrays(scenario, settings, model_config, policy)
     if settings.extra.get("initial-model"):
-        arrays, _ = warm_start(arrays, str(settings.extra["initial-model"]))
+        arrays = starting_arrays(scenario, settings, model_config, policy, str(settings.extra["initial-model"]))
     options = StrategyOptions(
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
         lambda_kd=settings.lambda_kd, temperature=settings.temperature,

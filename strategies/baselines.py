@@ -46,4 +46,5 @@ class LocalOnly(ScreenedRounds, FedAvg):
         return False
 
     def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return None, aggregate_metricrecords([m.content for m in good], self.weighted_by_key)
+        # an empty record, not None: a warm start's round-1 model is sent once, not every round
+        return ArrayRecord(), aggregate_metricrecords([m.content for m in good], self.weighted_by_key)

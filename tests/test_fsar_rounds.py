@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message
@@ -135,3 +136,32 @@ def test_shared_blocks_keeps_deep_blocks_on_the_sites():
     assert deep
     for before, after in zip(calls[:2], calls[2:]):  # round 1 end -> round 2 start, per site
         assert all(torch.equal(before["end"][k], after["start"][k]) for k in deep)
+
+
+def test_local_sites_start_from_the_initial_model_once(tmp_path):
+    """``local`` shares nothing, yet ``--initial-model`` must give every site the same
+    start as a warm-started federation: round 1 begins from the file's parameters, round
+    2 from the site's own round-1 result, and nothing is sent after round 1."""
+    from server.federation import initial_arrays, model_config_for
+    from skeletons.atomic import write_arrays
+
+    scenario = load_scenario(TINY)
+    config = dict(scenario.defaults)
+    config.update({"scenario": str(TINY), "strategy": "local", "device": "cpu"})
+    settings = RunSettings.from_run_config(config)
+    fresh = initial_arrays(scenario, settings, model_config_for(scenario, settings.model_preset), "fedavg")
+    start = {k: np.asarray(fresh[k].numpy() + 5.0) for k in fresh.keys()}
+    write_arrays(tmp_path / "global.npz", start)
+
+    calls, results = recorded_fsar_rounds(strategy="local", **{"initial-model": str(tmp_path)})
+
+    assert len(calls) == 4  # two sites x two rounds
+    for call in calls[:2]:
+        for key, value in start.items():
+            assert torch.allclose(call["start"][key], torch.from_numpy(value)), key
+    for before, after in zip(calls[:2], calls[2:]):
+        assert all(torch.equal(before["end"][k], after["start"][k]) for k in start)
+        assert not torch.allclose(after["start"]["head.weight"], torch.from_numpy(start["head.weight"]))
+    downlink = [r["downlink_bytes"] for r in results["rounds"]]
+    assert downlink[0] > 0 and downlink[1] == 0, downlink
+    assert results["uplink_parameters"] == []
