@@ -76,6 +76,24 @@ def check_shared_blocks(shared_blocks: int, num_blocks: int | None = None) -> in
     return int(shared_blocks)
 
 
+def check_frozen_blocks(frozen_blocks: int, num_blocks: int | None = None) -> int:
+    """``frozen_blocks`` as an int: 0 (train everything) or a depth the model has."""
+    if int(frozen_blocks) < 0:
+        raise ValueError(f"frozen-blocks must be >= 0 (0: train every block), got {frozen_blocks}")
+    if num_blocks is not None and int(frozen_blocks) > num_blocks:
+        raise ValueError(f"frozen-blocks = {frozen_blocks}, but the model has {num_blocks} blocks")
+    return int(frozen_blocks)
+
+
+def is_frozen(name: str, frozen_blocks: int) -> bool:
+    """Whether a site leaves parameter ``name`` untrained under ``frozen-blocks``: the
+    input stage and blocks 1..k, the feature extractor a warm start brought in."""
+    if check_frozen_blocks(frozen_blocks) == 0 or parameter_kind(name) == "head":
+        return False
+    block = block_index(name)
+    return block is None or block < frozen_blocks
+
+
 def personal_kinds(policy: str) -> frozenset[str]:
     """The kinds kept on the site under ``policy``."""
     try:

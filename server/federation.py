@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from models.roles import check_shared_blocks
+from models.roles import check_frozen_blocks, check_shared_blocks
 from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
@@ -155,6 +155,10 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     policy = client_policy(settings.strategy, scenario.shared_label_set)
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
+    check_frozen_blocks(settings.frozen_blocks, len(model_config["channels"]))
+    if settings.frozen_blocks and not settings.extra.get("initial-model"):
+        log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
+                    "in those blocks", settings.frozen_blocks)
     arrays = initial_arrays(scenario, settings, model_config, policy)
     if settings.extra.get("initial-model"):
         arrays = starting_arrays(scenario, settings, model_config, policy, str(settings.extra["initial-model"]))
@@ -184,6 +188,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "seed": settings.seed,
         "local-epochs": settings.local_epochs,
         "personal-epochs": settings.personal_epochs,
+        "frozen-blocks": settings.frozen_blocks,
         "batch-size": settings.batch_size,
         "learning-rate": settings.learning_rate,
         "optimizer": settings.optimizer,

@@ -37,6 +37,7 @@ class RunSettings:
     temperature: float = 2.0
     server_momentum: float = 0.0
     shared_blocks: int = 0  # 0: every block may be shared; k: blocks after k stay on the sites
+    frozen_blocks: int = 0  # k: sites do not train the input stage and blocks 1..k (a warm start's features)
     fraction_train: float = 1.0
     min_sites: int = 0  # 0: every site of the scenario
     timeout_s: float = 3600.0

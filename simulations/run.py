@@ -36,6 +36,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-blocks", type=int, default=None,
                         help="share only blocks 1..K with the server; deeper blocks stay on the sites "
                              "(0, the default: every block)")
+    parser.add_argument("--frozen-blocks", type=int, default=None,
+                        help="sites do not train the input stage and blocks 1..K (features from "
+                             "--initial-model), so DP noise falls on fewer parameters (0, the default: train all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "
@@ -77,6 +80,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "batch-size": args.batch_size,
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
+        "frozen-blocks": args.frozen_blocks,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -102,10 +106,11 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         settings = RunSettings.from_run_config(config)
         from server.federation import model_config_for  # a bad model fails before the engine starts
 
-        from models.roles import check_shared_blocks
+        from models.roles import check_frozen_blocks, check_shared_blocks
 
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
         check_shared_blocks(settings.shared_blocks, len(model["channels"]))
+        check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
         if settings.extra.get("initial-model"):
             from server.warm_start import initial_model_file
 

@@ -38,6 +38,11 @@ def site_function(msg: Message, context: Context) -> Message:
     return (train if msg.metadata.message_type.startswith("train") else evaluate)(msg, context)
 
 
+def _state(model) -> dict:
+    """A copy of the state dict, keys without the ``_module.`` that Opacus's wrapper adds."""
+    return {k.removeprefix("_module."): v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def recorded_fsar_rounds(**run_config) -> tuple[list[dict], dict]:
     """Two rounds of fsar on the tiny scenario with ``run_config`` on top; every local
     training call recorded (start and end state, teacher, global weights, recipe)."""
@@ -47,14 +52,15 @@ def recorded_fsar_rounds(**run_config) -> tuple[list[dict], dict]:
 
     def recording_train(model, data, config, teacher=None, global_shared=None, **kwargs):
         calls.append({
-            "start": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "start": _state(model),
             "teacher": None if teacher is None else {k: v.detach().clone() for k, v in teacher.state_dict().items()},
             "global": None if global_shared is None else {k: v.detach().clone() for k, v in global_shared.items()},
             "config": config,
-            "num_classes": model.num_classes,
+            "num_classes": getattr(model, "_module", model).num_classes,
+            "dp": hasattr(model, "_module"),  # wrapped by Opacus's GradSampleModule
         })
         out = real_train(model, data, config, teacher=teacher, global_shared=global_shared, **kwargs)
-        calls[-1]["end"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        calls[-1]["end"] = _state(model)
         return out
 
     config = dict(scenario.defaults)
@@ -165,3 +171,23 @@ def test_local_sites_start_from_the_initial_model_once(tmp_path):
     downlink = [r["downlink_bytes"] for r in results["rounds"]]
     assert downlink[0] > 0 and downlink[1] == 0, downlink
     assert results["uplink_parameters"] == []
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp-sgd"])
+def test_frozen_blocks_are_not_trained_on_the_sites(dp):
+    """``frozen-blocks = 2``: the input stage and the first two blocks leave every local
+    training exactly as they came in, also under DP-SGD (Opacus must neither clip-and-noise
+    nor step them); deeper blocks and the head still train."""
+    from models.roles import is_frozen
+
+    extra = {"dp-noise-multiplier": 0.5, "dp-max-grad-norm": 1.0, "dp-delta": 1e-5} if dp else {}
+    calls, results = recorded_fsar_rounds(**{"frozen-blocks": 2, **extra})
+    assert len(calls) == 4
+    frozen = [k for k in calls[0]["start"] if is_frozen(k, 2) and calls[0]["start"][k].is_floating_point()]
+    assert any(k.startswith("blocks.1.") for k in frozen) and not any(k.startswith("blocks.2.") for k in frozen)
+    for call in calls:
+        assert all(torch.equal(call["start"][k], call["end"][k]) for k in frozen)
+        assert not torch.equal(call["start"]["head.weight"], call["end"]["head.weight"])
+        deep = [k for k in call["start"] if k.startswith("blocks.3.") and k.endswith("conv.weight")]
+        assert deep and not all(torch.equal(call["start"][k], call["end"][k]) for k in deep)
+    assert all(call["dp"] == dp for call in calls)
