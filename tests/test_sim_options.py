@@ -44,6 +44,24 @@ def test_shared_blocks_reaches_the_settings_and_must_fit_the_model(tmp_path):
         settings_from_args(parse("--shared-blocks", "-1"), "fsar", tmp_path)
 
 
+def test_frozen_blocks_reaches_the_settings_and_must_fit_the_model(tmp_path):
+    assert settings_from_args(parse("--frozen-blocks", "3"), "fsar", tmp_path).frozen_blocks == 3
+    assert settings_from_args(parse(), "fsar", tmp_path).frozen_blocks == 0
+    with pytest.raises(UserError, match="frozen-blocks = 5, but the model has 4 blocks"):
+        settings_from_args(parse("--frozen-blocks", "5"), "fsar", tmp_path)
+    with pytest.raises(UserError, match="frozen-blocks must be >= 0"):
+        settings_from_args(parse("--frozen-blocks", "-1"), "fsar", tmp_path)
+
+
+def test_frozen_parameters_are_the_input_stage_and_the_first_blocks():
+    from models.roles import is_frozen
+
+    assert is_frozen("input_norm.weight", 1) and is_frozen("blocks.0.gcn.conv.weight", 1)
+    assert is_frozen("_module.blocks.1.tcn.conv.weight", 2)  # as Opacus's wrapper names it
+    assert not is_frozen("blocks.2.tcn.conv.weight", 2)
+    assert not is_frozen("head.weight", 4) and not is_frozen("blocks.0.gcn.conv.weight", 0)
+
+
 def _result(seed: int, a: float, b: float, trained: float = 0.9) -> dict:
     return {
         "scenario": "tiny", "settings": {"seed": seed},
