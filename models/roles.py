@@ -67,22 +67,23 @@ def block_index(name: str) -> int | None:
     return None
 
 
+def _check_depth(key: str, value: int, num_blocks: int | None, zero_means: str) -> int:
+    """``value`` of run-config ``key`` as an int: 0 or a depth the model has."""
+    if int(value) < 0:
+        raise ValueError(f"{key} must be >= 0 (0: {zero_means}), got {value}")
+    if num_blocks is not None and int(value) > num_blocks:
+        raise ValueError(f"{key} = {value}, but the model has {num_blocks} blocks")
+    return int(value)
+
+
 def check_shared_blocks(shared_blocks: int, num_blocks: int | None = None) -> int:
     """``shared_blocks`` as an int: 0 (every block) or a depth the model has."""
-    if int(shared_blocks) < 0:
-        raise ValueError(f"shared-blocks must be >= 0 (0: every block), got {shared_blocks}")
-    if num_blocks is not None and int(shared_blocks) > num_blocks:
-        raise ValueError(f"shared-blocks = {shared_blocks}, but the model has {num_blocks} blocks")
-    return int(shared_blocks)
+    return _check_depth("shared-blocks", shared_blocks, num_blocks, "every block")
 
 
 def check_frozen_blocks(frozen_blocks: int, num_blocks: int | None = None) -> int:
     """``frozen_blocks`` as an int: 0 (train everything) or a depth the model has."""
-    if int(frozen_blocks) < 0:
-        raise ValueError(f"frozen-blocks must be >= 0 (0: train every block), got {frozen_blocks}")
-    if num_blocks is not None and int(frozen_blocks) > num_blocks:
-        raise ValueError(f"frozen-blocks = {frozen_blocks}, but the model has {num_blocks} blocks")
-    return int(frozen_blocks)
+    return _check_depth("frozen-blocks", frozen_blocks, num_blocks, "train every block")
 
 
 def is_frozen(name: str, frozen_blocks: int) -> bool:

@@ -35,22 +35,14 @@ def test_site_cpus_must_be_positive(tmp_path):
         scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
 
 
-def test_shared_blocks_reaches_the_settings_and_must_fit_the_model(tmp_path):
-    assert settings_from_args(parse("--shared-blocks", "2"), "fsar", tmp_path).shared_blocks == 2
-    assert settings_from_args(parse(), "fsar", tmp_path).shared_blocks == 0
-    with pytest.raises(UserError, match="shared-blocks = 9, but the model has"):
-        settings_from_args(parse("--shared-blocks", "9"), "fsar", tmp_path)
-    with pytest.raises(UserError, match="shared-blocks must be >= 0"):
-        settings_from_args(parse("--shared-blocks", "-1"), "fsar", tmp_path)
-
-
-def test_frozen_blocks_reaches_the_settings_and_must_fit_the_model(tmp_path):
-    assert settings_from_args(parse("--frozen-blocks", "3"), "fsar", tmp_path).frozen_blocks == 3
-    assert settings_from_args(parse(), "fsar", tmp_path).frozen_blocks == 0
-    with pytest.raises(UserError, match="frozen-blocks = 5, but the model has 4 blocks"):
-        settings_from_args(parse("--frozen-blocks", "5"), "fsar", tmp_path)
-    with pytest.raises(UserError, match="frozen-blocks must be >= 0"):
-        settings_from_args(parse("--frozen-blocks", "-1"), "fsar", tmp_path)
+@pytest.mark.parametrize("option,field", [("shared-blocks", "shared_blocks"), ("frozen-blocks", "frozen_blocks")])
+def test_block_depth_options_reach_the_settings_and_must_fit_the_model(tmp_path, option, field):
+    assert getattr(settings_from_args(parse(f"--{option}", "2"), "fsar", tmp_path), field) == 2
+    assert getattr(settings_from_args(parse(), "fsar", tmp_path), field) == 0
+    with pytest.raises(UserError, match=f"{option} = 9, but the model has 4 blocks"):
+        settings_from_args(parse(f"--{option}", "9"), "fsar", tmp_path)
+    with pytest.raises(UserError, match=f"{option} must be >= 0"):
+        settings_from_args(parse(f"--{option}", "-1"), "fsar", tmp_path)
 
 
 def test_frozen_parameters_are_the_input_stage_and_the_first_blocks():
