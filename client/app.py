@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.metrics import record_exchange
-from client.personal_phase import check_personal_epochs, fit_personal, shared_only, trainable_only
+from client.personal_phase import check_personal_epochs, fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
 from client.site import (
     build_site_model,
@@ -89,27 +89,29 @@ def train(msg: Message, context: Context) -> Message:
     shared_blocks = int(config.get("shared-blocks", 0))
     personal_epochs = int(config.get("personal-epochs", 0))
     frozen_blocks = int(config.get("frozen-blocks", 0))
+    for name, p in model.named_parameters():  # the warm start's features stay as received
+        if is_frozen(name, frozen_blocks):
+            p.requires_grad_(False)  # the model is built afresh each round: nothing to restore
     started = time.perf_counter()
-    with trainable_only(model, lambda name: not is_frozen(name, frozen_blocks)):
-        if personal_epochs > 0:
-            check_personal_epochs(personal_epochs, dp_requested(context, config))  # the site's own DP too
-            fit_personal(model, (data.x_train, data.y_train), recipe, personal_epochs, policy, shared_blocks,
-                         train_model)
-        teacher = None
-        if recipe.grains and server_round > 1:  # round 1's "global" model is untrained
-            teacher = copy.deepcopy(model).eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
+    if personal_epochs > 0:
+        check_personal_epochs(personal_epochs, dp_requested(context, config))  # the site's own DP too
+        fit_personal(model, (data.x_train, data.y_train), recipe, personal_epochs, policy, shared_blocks,
+                     train_model)
+    teacher = None
+    if recipe.grains and server_round > 1:  # round 1's "global" model is untrained
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
 
-        with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
-            try:  # DP-SGD under the site's budget when its settings or the run config ask for it
-                metrics, privacy_metrics = train_site(
-                    context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
-                    train_fn=train_model, optimizer_fn=make_optimizer,
-                    teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
-                )
-            except BudgetExhausted as stop:
-                return _declined(msg, context, received, setup.spec.name, stop)
+    with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
+        try:  # DP-SGD under the site's budget when its settings or the run config ask for it
+            metrics, privacy_metrics = train_site(
+                context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
+                train_fn=train_model, optimizer_fn=make_optimizer,
+                teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
+            )
+        except BudgetExhausted as stop:
+            return _declined(msg, context, received, setup.spec.name, stop)
     if privacy_metrics["privacy-dp"]:
         from client.metrics import record_privacy_spent
 

@@ -159,9 +159,10 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     if settings.frozen_blocks and not settings.extra.get("initial-model"):
         log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
                     "in those blocks", settings.frozen_blocks)
-    arrays = initial_arrays(scenario, settings, model_config, policy)
     if settings.extra.get("initial-model"):
         arrays = starting_arrays(scenario, settings, model_config, policy, str(settings.extra["initial-model"]))
+    else:
+        arrays = initial_arrays(scenario, settings, model_config, policy)
     options = StrategyOptions(
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
         lambda_kd=settings.lambda_kd, temperature=settings.temperature,
