@@ -59,6 +59,14 @@ def _train_config(config: ConfigRecord, seed: int):
     )
 
 
+def _unless_own_model(received: ArrayRecord, personal: ArrayRecord | None, policy: str) -> ArrayRecord:
+    """What to load of ``received``: under ``local`` a site that already holds its own
+    model ignores a start model sent again (e.g. to a restarted site under a new node id)."""
+    if policy == "local" and personal is not None and len(personal):
+        return ArrayRecord()
+    return received
+
+
 def _site_record(name: str) -> ConfigRecord:
     return ConfigRecord({"site-name": name})
 
@@ -79,6 +87,7 @@ def train(msg: Message, context: Context) -> Message:
     personal = personal_from_state(context)
     if personal is None:  # a deployed site after a restart or in a resumed federation
         personal = load_personal(context, config)
+    received = _unless_own_model(received, personal, policy)
     load_parameters(model, received, personal)
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
 
@@ -187,7 +196,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     personal = personal_from_state(context)
     if personal is None:
         personal = load_personal(context, config, evaluating=True)
-    load_parameters(model, msg.content["arrays"], personal)
+    load_parameters(model, _unless_own_model(msg.content["arrays"], personal, str(config.get("policy", "fsar"))),
+                    personal)
     result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
     reply = RecordDict({
         "metrics": MetricRecord({

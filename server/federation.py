@@ -85,9 +85,9 @@ def starting_arrays(
 
     Normally the warm-started shared parameters. ``local`` shares nothing, so that every
     site would start fresh and a warm-started federation could not be compared with
-    training alone from the same start: there round 1 sends the warm-started model
-    (without the heads when sites have their own label sets) as every site's starting
-    point, and no arrays travel after it (see ``strategies.baselines.LocalOnly``).
+    training alone from the same start: there the warm-started model (without the heads
+    when sites have their own label sets) is every site's starting point, sent once with
+    the site's first train message (see ``strategies.baselines.LocalOnly``).
     """
     if policy == "local":
         policy = "fedavg" if scenario.shared_label_set else "fedavg-local-heads"

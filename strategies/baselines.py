@@ -7,13 +7,14 @@ keep personal (normalization layers, the head), which the site learns from the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from strategies.screening import ScreenedRounds
+from strategies.screening import ScreenedRounds, arrays_nbytes
 
 
 class ScreenedFedAvg(ScreenedRounds, FedAvg):
@@ -36,15 +37,49 @@ class ScreenedFedProx(ScreenedRounds, FedProx):
 
 
 class LocalOnly(ScreenedRounds, FedAvg):
-    """No federation: every site trains alone; the floor that federating must beat."""
+    """No federation: every site trains alone; the floor that federating must beat.
+
+    Nothing is averaged. A warm start (``initial-model``) is the one thing sent: each
+    site receives the start model with its first train message, whichever round that is
+    (with ``fraction-train`` < 1 a site may first be sampled late), and nothing after.
+    """
 
     def __init__(self, *, client_config: dict[str, Any], eval_every: int = 1, num_rounds: int = 0, **fedavg_options: Any) -> None:
         FedAvg.__init__(self, **fedavg_options)
         self.init_rounds(client_config, eval_every, num_rounds)
+        self._start_arrays = ArrayRecord()
+        self._started_nodes: set[int] = set()
 
     def sends_arrays(self) -> bool:
         return False
 
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
+        if len(arrays):  # the start model; after round 1 the global record is empty
+            self._start_arrays = arrays
+        messages = list(super().configure_train(server_round, ArrayRecord(), config, grid))
+        messages = self._with_start_model(messages)
+        self._started_nodes.update(m.metadata.dst_node_id for m in messages)
+        self.record_for(server_round).downlink_bytes = sum(
+            arrays_nbytes(m.content[self.arrayrecord_key]) for m in messages
+        )
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
+        # a site not trained yet is scored on the start model, not on a random one
+        return self._with_start_model(list(super().configure_evaluate(server_round, ArrayRecord(), config, grid)))
+
+    def _with_start_model(self, messages: list[Message]) -> list[Message]:
+        """``messages``, with the start model in those to sites that have not trained yet."""
+        if not len(self._start_arrays):
+            return messages
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node not in self._started_nodes:
+                content = RecordDict({**dict(msg.content.items()), self.arrayrecord_key: self._start_arrays})
+                msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
+            out.append(msg)
+        return out
+
     def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        # an empty record, not None: a warm start's round-1 model is sent once, not every round
         return ArrayRecord(), aggregate_metricrecords([m.content for m in good], self.weighted_by_key)

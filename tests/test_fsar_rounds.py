@@ -191,3 +191,18 @@ def test_frozen_blocks_are_not_trained_on_the_sites(dp):
         deep = [k for k in call["start"] if k.startswith("blocks.3.") and k.endswith("conv.weight")]
         assert deep and not all(torch.equal(call["start"][k], call["end"][k]) for k in deep)
     assert all(call["dp"] == dp for call in calls)
+
+
+def test_a_local_site_with_its_own_model_ignores_a_start_model_sent_again():
+    """A restarted deployed site may be sent the start model a second time; under
+    ``local`` its own parameters win (loading both would be a key clash), elsewhere the
+    received shared parameters are what the site trains on."""
+    from flwr.app import ArrayRecord
+
+    from client.app import _unless_own_model
+
+    start = ArrayRecord({"w": torch.zeros(3)})
+    own = ArrayRecord({"w": torch.ones(3)})
+    assert len(_unless_own_model(start, own, "local")) == 0
+    assert _unless_own_model(start, None, "local") is start
+    assert _unless_own_model(start, own, "fsar") is start

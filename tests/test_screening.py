@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
 from strategies.registry import StrategyOptions, build_strategy, client_policy
-from strategies.screening import reply_problem
+from strategies.screening import arrays_nbytes, reply_problem
 
 
 def reference() -> ArrayRecord:
@@ -121,3 +121,33 @@ def test_cosine_schedule_scales_the_sites_learning_rate_per_round():
         }
     rates = {rnd: [float(m.content["config"]["learning-rate"]) for m in msgs] for rnd, msgs in sent.items()}
     assert rates[1] == pytest.approx([0.002, 0.002]) and rates[5] == pytest.approx([0.001, 0.001])
+
+
+def test_local_sends_the_start_model_with_each_sites_first_train_message():
+    """Under ``local`` with ``fraction-train`` < 1 a site may first be sampled in a late
+    round; it must still start from the warm start's model, and get nothing after."""
+    import random
+
+    from inprocess_grid import InProcessGrid, coordinator_identity
+
+    strategy = build_strategy("local", StrategyOptions(), eval_every=1, num_rounds=6, num_sites=4,
+                              fraction_train=0.25, min_sites=1)
+    grid = InProcessGrid.listing(4)
+    random.seed(3)
+    first_seen: dict[int, int] = {}
+    with coordinator_identity():
+        for rnd in range(1, 7):
+            arrays = reference() if rnd == 1 else ArrayRecord()  # the loop's global record under local
+            if rnd == 3:  # sites not trained yet are evaluated on the start model
+                evaluated = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
+                assert {m.metadata.dst_node_id for m in evaluated} == {1, 2, 3, 4}
+                for msg in evaluated:
+                    assert len(msg.content["arrays"]) == (0 if msg.metadata.dst_node_id in first_seen else 2)
+            sent = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+            assert len(sent) == 1
+            node = sent[0].metadata.dst_node_id
+            first = node not in first_seen
+            first_seen.setdefault(node, rnd)
+            assert set(sent[0].content["arrays"].keys()) == ({"w", "b"} if first else set())
+            assert strategy.history[-1].downlink_bytes == (arrays_nbytes(reference()) if first else 0)
+    assert any(rnd > 1 for rnd in first_seen.values()), first_seen  # the case this test is for
