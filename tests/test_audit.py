@@ -156,3 +156,31 @@ def test_groups_confine_reidentification_and_linkage_to_one_anonymizer(synthetic
 
     measure_reid(grouped, AuditConfig(attackers=("features",), epochs=1), trainer=spy)
     assert seen == [3, 3]  # one re-identifier per group, each over its own three people
+
+
+def test_recognizer_bench_tests_on_participants_it_never_trained_on(synthetic: AuditData, tmp_path) -> None:
+    """``python -m privacy.recognizer_bench`` trains the anonymizer's recognizer on one
+    cross-fitting group and scores it on the other: the groups must not share a person,
+    and on actions this distinct the unseen top-1 must be well above chance (25%)."""
+    from privacy import recognizer_bench
+    from privacy.anonymizer import AnonymizerConfig
+    from privacy.audit import anonymizer_groups
+
+    groups = anonymizer_groups(synthetic, 2, 0)
+    assert not set(synthetic.subjects[groups == 0]) & set(synthetic.subjects[groups == 1])
+    seen: list[set] = []
+    real = recognizer_bench.unseen_top1
+
+    def recording(data, train, config, seed):
+        seen.append(set(data.subjects[train]))
+        return real(data, train, config, seed)
+
+    recognizer_bench.unseen_top1 = recording
+    try:
+        report = recognizer_bench.run_bench(synthetic, AnonymizerConfig(action_teacher_epochs=8), [1], 0)
+    finally:
+        recognizer_bench.unseen_top1 = real
+    assert seen == [set(synthetic.subjects[groups == 0]), set(synthetic.subjects[groups == 1])]
+    assert report["subjects_per_group"] == [3, 3]
+    assert set(report["mean_top1"]) == {"averaged", *recognizer_bench.PART_NAMES}
+    assert report["mean_top1"]["averaged"] > 0.5, report["mean_top1"]
