@@ -58,7 +58,6 @@ class LocalOnly(ScreenedRounds, FedAvg):
             self._start_arrays = arrays
         messages = list(super().configure_train(server_round, ArrayRecord(), config, grid))
         messages = self._with_start_model(messages)
-        self._started_nodes.update(m.metadata.dst_node_id for m in messages)
         self.record_for(server_round).downlink_bytes = sum(
             arrays_nbytes(m.content[self.arrayrecord_key]) for m in messages
         )
@@ -82,4 +81,6 @@ class LocalOnly(ScreenedRounds, FedAvg):
         return out
 
     def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # a site that failed or declined gets the start model again with its next train message
+        self._started_nodes.update(m.metadata.src_node_id for m in good)
         return ArrayRecord(), aggregate_metricrecords([m.content for m in good], self.weighted_by_key)
