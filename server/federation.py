@@ -27,6 +27,7 @@ from skeletons.atomic import write_arrays, write_json
 from server.warm_start import warm_start
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario, resolve_scenario
+from strategies.baselines import LocalOnly
 from strategies.registry import StrategyOptions, build_strategy, client_policy
 from strategies.screening import RoundRecord, ScreenedRounds
 
@@ -87,7 +88,7 @@ def starting_arrays(
     site would start fresh and a warm-started federation could not be compared with
     training alone from the same start: there the warm-started model (without the heads
     when sites have their own label sets) is every site's starting point, sent once with
-    the site's first train message (see ``strategies.baselines.LocalOnly``).
+    the site's first train message (``LocalOnly.start_model``).
     """
     if policy == "local":
         policy = "fedavg" if scenario.shared_label_set else "fedavg-local-heads"
@@ -175,6 +176,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         lr_schedule=settings.lr_schedule,
     )
     assert isinstance(strategy, ScreenedRounds)
+    if isinstance(strategy, LocalOnly):  # sites get the start model, the global record stays empty
+        strategy.start_model, arrays = arrays, ArrayRecord()
     hooks = DeploymentHooks.from_settings(settings)  # deployed coordinator: checkpoints, resume, status
     first_round = 1
     if hooks is not None:

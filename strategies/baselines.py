@@ -39,23 +39,23 @@ class ScreenedFedProx(ScreenedRounds, FedProx):
 class LocalOnly(ScreenedRounds, FedAvg):
     """No federation: every site trains alone; the floor that federating must beat.
 
-    Nothing is averaged. A warm start (``initial-model``) is the one thing sent: each
-    site receives the start model with its first train message, whichever round that is
-    (with ``fraction-train`` < 1 a site may first be sampled late), and nothing after.
+    Nothing is averaged and the global record stays empty. A warm start
+    (``initial-model``, set as ``start_model``) is the one thing sent: each site receives
+    it with its first train message, whichever round that is (with ``fraction-train`` < 1
+    a site may first be sampled late), and nothing after. After a coordinator restart
+    every site is sent it once more; one that has trained keeps its own model.
     """
 
     def __init__(self, *, client_config: dict[str, Any], eval_every: int = 1, num_rounds: int = 0, **fedavg_options: Any) -> None:
         FedAvg.__init__(self, **fedavg_options)
         self.init_rounds(client_config, eval_every, num_rounds)
-        self._start_arrays = ArrayRecord()
+        self.start_model = ArrayRecord()
         self._started_nodes: set[int] = set()
 
     def sends_arrays(self) -> bool:
         return False
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
-        if len(arrays):  # the start model; after round 1 the global record is empty
-            self._start_arrays = arrays
         messages = list(super().configure_train(server_round, ArrayRecord(), config, grid))
         messages = self._with_start_model(messages)
         self.record_for(server_round).downlink_bytes = sum(
@@ -69,13 +69,13 @@ class LocalOnly(ScreenedRounds, FedAvg):
 
     def _with_start_model(self, messages: list[Message]) -> list[Message]:
         """``messages``, with the start model in those to sites that have not trained yet."""
-        if not len(self._start_arrays):
+        if not len(self.start_model):
             return messages
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
             if node not in self._started_nodes:
-                content = RecordDict({**dict(msg.content.items()), self.arrayrecord_key: self._start_arrays})
+                content = RecordDict({**dict(msg.content.items()), self.arrayrecord_key: self.start_model})
                 msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
             out.append(msg)
         return out

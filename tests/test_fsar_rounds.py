@@ -173,6 +173,32 @@ def test_local_sites_start_from_the_initial_model_once(tmp_path):
     assert results["uplink_parameters"] == []
 
 
+def test_a_resumed_local_run_still_starts_new_sites_from_the_initial_model(tmp_path):
+    """A coordinator restarted under ``local`` with a warm start resumes from its
+    checkpoint (whose global record is empty) and still gives sites without a model of
+    their own (here: new site processes, nothing on disk) the start model."""
+    from server.federation import initial_arrays, model_config_for
+    from skeletons.atomic import write_arrays
+
+    scenario = load_scenario(TINY)
+    config = dict(scenario.defaults)
+    config.update({"scenario": str(TINY), "strategy": "local", "device": "cpu"})
+    settings = RunSettings.from_run_config(config)
+    fresh = initial_arrays(scenario, settings, model_config_for(scenario, settings.model_preset), "fedavg")
+    start = {k: np.asarray(fresh[k].numpy() - 3.0) for k in fresh.keys()}
+    write_arrays(tmp_path / "start" / "global.npz", start)
+    run = {"strategy": "local", "initial-model": str(tmp_path / "start"), "checkpoint-dir": str(tmp_path / "ck"),
+           "federation": "resume-demo"}
+
+    recorded_fsar_rounds(**run, **{"num-server-rounds": 1})
+    calls, results = recorded_fsar_rounds(**run, **{"num-server-rounds": 2, "resume": True})
+
+    assert len(calls) == 2 and [r["round"] for r in results["rounds"]] == [1, 2]
+    for call in calls:  # round 2 only, from the start model
+        for key, value in start.items():
+            assert torch.allclose(call["start"][key], torch.from_numpy(value)), key
+
+
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp-sgd"])
 def test_frozen_blocks_are_not_trained_on_the_sites(dp):
     """``frozen-blocks = 2``: the input stage and the first two blocks leave every local

@@ -133,6 +133,7 @@ def test_local_sends_the_start_model_with_each_sites_first_train_message():
 
     strategy = build_strategy("local", StrategyOptions(), eval_every=1, num_rounds=6, num_sites=4,
                               fraction_train=0.25, min_sites=1)
+    strategy.start_model = reference()  # as run_federation sets it under a warm start
     grid = InProcessGrid.listing(4)
     random.seed(1)  # Flower samples nodes with ``random``: this seed has a late first site and a retry
     trained_since: dict[int, int] = {}
@@ -140,7 +141,7 @@ def test_local_sends_the_start_model_with_each_sites_first_train_message():
     retried = False
     with coordinator_identity():
         for rnd in range(1, 7):
-            arrays = reference() if rnd == 1 else ArrayRecord()  # the loop's global record under local
+            arrays = ArrayRecord()  # the loop's global record under local
             if rnd == 3:  # sites not trained yet are evaluated on the start model
                 evaluated = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
                 assert {m.metadata.dst_node_id for m in evaluated} == {1, 2, 3, 4}
