@@ -32,6 +32,20 @@ def client_resources(scenario: Scenario, device: str) -> dict[str, float]:
     return {"num_cpus": cpus, "num_gpus": gpus if use_gpu else 0.0}
 
 
+class _WithoutRunSimulationNotice(logging.Filter):
+    """Drops Flower's notice that ``run_simulation`` is deprecated, and nothing else.
+
+    ``fedsar-sim`` needs the in-process ``ServerApp`` that ``run_simulation`` takes (its
+    progress lines and results come from it); ``flwr run .`` is the supported way to run
+    the same apps without it. The notice would otherwise tell every user of
+    ``fedsar-sim run`` to switch tools.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and "DEPRECATED FEATURE" in str(record.msg)
+                    and "`run_simulation` function is deprecated" in str(record.args[0]))
+
+
 def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> dict[str, Any]:
     """Run the scenario with ``settings``; print one line per round; return results."""
     results: dict[str, Any] = {}
@@ -50,14 +64,19 @@ def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not log.isEnabledFor(logging.DEBUG):  # one progress line per round instead of Flower's
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(scenario.sites),
-            backend_config=backend_config,
-        )
+    notice = _WithoutRunSimulationNotice()
+    logging.getLogger("flwr").addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(scenario.sites),
+                backend_config=backend_config,
+            )
+    finally:
+        logging.getLogger("flwr").removeFilter(notice)
     if not results:
         raise RuntimeError("the simulation ended without results; see the log above")
     add_overhead(results, parallel_sites(scenario, resources))

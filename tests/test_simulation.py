@@ -104,3 +104,32 @@ def test_accuracy_rises_above_chance(runs, strategy):
     _, results = runs[strategy]
     chance = 1 / 4
     assert results["final"]["mean_accuracy"] > chance + 0.15
+
+
+def test_only_flowers_run_simulation_notice_is_held_back() -> None:
+    """``fedsar-sim`` drives ``run_simulation`` on purpose; other Flower warnings still show."""
+    import logging
+
+    from flwr.supercore.logger import warn_deprecated_feature
+
+    from simulations.engine import _WithoutRunSimulationNotice
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    flwr_log = logging.getLogger("flwr")
+    handler, notice = Keep(), _WithoutRunSimulationNotice()
+    flwr_log.addHandler(handler)
+    flwr_log.addFilter(notice)
+    try:
+        warn_deprecated_feature("The `run_simulation` function is deprecated and will be removed")
+        warn_deprecated_feature("Some other feature is deprecated")
+        flwr_log.warning("a plain warning")
+    finally:
+        flwr_log.removeFilter(notice)
+        flwr_log.removeHandler(handler)
+    assert len(seen) == 2, seen
+    assert "Some other feature" in seen[0] and seen[1] == "a plain warning"
