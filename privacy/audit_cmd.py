@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=AuditConfig.folds,
                         help="subject-disjoint folds for attributes and action")
     parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs)
+    parser.add_argument("--recognizers", type=int, default=AnonymizerConfig.teacher_ensemble,
+                        help="action recognizers the learned anonymizer averages to choose the prototype")
     parser.add_argument("--anonymizer-folds", type=int, default=2,
                         help="cross-fitting folds over subjects for the learned anonymizer (1: fit on all)")
     parser.add_argument("--action-weight", type=float, default=AnonymizerConfig.action_weight)
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         anon = AnonymizerConfig(
             epochs=args.anonymizer_epochs, bones=bones, seed=args.seed, action_weight=args.action_weight,
             attribute_weight=args.attribute_weight, reconstruction_weight=args.reconstruction_weight,
-            smoothness_weight=args.smoothness_weight,
+            smoothness_weight=args.smoothness_weight, teacher_ensemble=args.recognizers,
         )
         plan = AuditPlan(
             methods=("bones", "learned") if args.method == "both" else (args.method,),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from privacy.anonymizer import AnonymizerConfig, _atomic_write, _fit_action_teacher, _recognizer
+from privacy.anonymizer import AnonymizerConfig, _atomic_write, train_action_recognizer
 from privacy.audit import AuditData, anonymizer_groups
 from privacy.bone_normalize import normalize_bones
 
@@ -36,22 +36,19 @@ PART_NAMES = ("motion CNN", "statistics MLP", "feature MLP")
 def unseen_top1(canonical: AuditData, train: np.ndarray, config: AnonymizerConfig, seed: int) -> dict[str, float]:
     """Train the recognizer on the sequences where ``train`` holds, test on the rest.
 
-    ``canonical`` holds bone-normalized sequences, the input the anonymizer's recognizer sees."""
-    num_actions = int(canonical.actions.max()) + 1
-    channels = 3 * canonical.layout.num_joints * canonical.x.shape[4]
+    ``canonical`` holds bone-normalized sequences, the input the anonymizer's recognizer sees.
+    With ``config.teacher_ensemble`` > 1 every part name scores the average of its copies."""
     x_train, x_test = torch.from_numpy(canonical.x[train]), torch.from_numpy(canonical.x[~train])
     y_train, y_test = torch.from_numpy(canonical.actions[train]), torch.from_numpy(canonical.actions[~train])
-    torch.manual_seed(seed)
-    net = _recognizer(canonical.layout, channels, [num_actions], config.adversary_hidden, config.teacher_features)
-    for part in net:
-        part.standardize_from(x_train)
-    _fit_action_teacher(net, x_train, y_train, config, torch.Generator().manual_seed(seed))
+    net = train_action_recognizer(canonical.layout, x_train, y_train, config,
+                                  torch.Generator().manual_seed(seed), seed)
     net.eval()
     with torch.no_grad():
         probs = [F.softmax(part(x_test)[0], dim=1) for part in net]
     result = {"averaged": float((sum(probs).argmax(dim=1) == y_test).float().mean())}
-    for name, p in zip(PART_NAMES, probs):
-        result[name] = float((p.argmax(dim=1) == y_test).float().mean())
+    kinds = len(probs) // config.teacher_ensemble  # parts per recognizer, in PART_NAMES order
+    for j, name in enumerate(PART_NAMES[:kinds]):
+        result[name] = float((sum(probs[j::kinds]).argmax(dim=1) == y_test).float().mean())
     return result
 
 
@@ -74,6 +71,7 @@ def run_bench(data: AuditData, config: AnonymizerConfig, seeds: list[int], split
         "runs": runs,
         "recognizer": {"epochs": config.action_teacher_epochs, "batch_size": config.teacher_batch_size,
                        "hidden": config.adversary_hidden, "features": config.teacher_features,
+                       "ensemble": config.teacher_ensemble,
                        "lr": config.adversary_lr},
         "split_seed": split_seed,
         "subjects_per_group": [int(len(np.unique(data.subjects[groups == g]))) for g in (0, 1)],
@@ -94,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=AnonymizerConfig.adversary_hidden)
     parser.add_argument("--no-features", dest="features", action="store_false",
                         help="leave out the feature MLP (the recognizer before teacher_features)")
+    parser.add_argument("--ensemble", type=int, default=AnonymizerConfig.teacher_ensemble,
+                        help="recognizers whose probabilities are averaged (1: a single one)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if not seeds or args.epochs < 1:
-        parser.error("--seeds needs at least one seed and --epochs must be >= 1")
+    if not seeds or args.epochs < 1 or args.ensemble < 1:
+        parser.error("--seeds needs at least one seed; --epochs and --ensemble must be >= 1")
     torch.set_num_threads(max(1, args.threads))
     config = replace(AnonymizerConfig(bones=bones_config(args)), action_teacher_epochs=args.epochs,
-                     adversary_hidden=args.hidden, teacher_features=args.features)
+                     adversary_hidden=args.hidden, teacher_features=args.features, teacher_ensemble=args.ensemble)
     try:
         data = audit_data(load_prepared(args), args.dataset)
     except UserError as err:

@@ -228,23 +228,74 @@ def test_feature_statistics_match_the_audit_and_keep_gradients_finite() -> None:
     assert data.grad is not None and torch.isfinite(data.grad).all() and data.grad.abs().sum() > 0
 
 
-def test_recognizer_has_the_feature_part_and_version_1_files_still_load(tmp_path) -> None:
+def test_recognizer_has_the_feature_part_and_older_files_still_load(tmp_path) -> None:
     x = random_people(KINECT_V1, n=12, t=12)
     actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
     cfg = {**TINY.to_dict(), "action_teacher_epochs": 2, "mix": 0.8}
     model = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**cfg))
-    assert model.teacher is not None and len(model.teacher) == 3
-    old = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**{**cfg, "teacher_features": False}))
+    assert model.teacher is not None and len(model.teacher) == 3 * 3  # three recognizers of three parts
+    one = {**cfg, "teacher_features": False, "teacher_ensemble": 1}
+    old = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**one))
     assert old.teacher is not None and len(old.teacher) == 2
     js = save_anonymizer(old, tmp_path / "old")
     meta = json.loads(js.read_text())
-    meta["version"] = 1  # as written before the feature part existed
-    del meta["config"]["teacher_features"], meta["config"]["teacher_batch_size"]
+    meta["version"] = 1  # as written before the feature part and the ensemble existed
+    del meta["config"]["teacher_features"], meta["config"]["teacher_batch_size"], meta["config"]["teacher_ensemble"]
     js.write_text(json.dumps(meta))
     loaded = load_anonymizer(js)
-    assert loaded.config.teacher_features is False
+    assert loaded.config.teacher_features is False and loaded.config.teacher_ensemble == 1
     np.testing.assert_array_equal(loaded.anonymize(x, 1.0), old.anonymize(x, 1.0))
     meta["version"] = 9
     js.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="version"):
         load_anonymizer(js)
+
+
+def test_version_2_files_carry_one_recognizer_and_new_files_keep_the_ensemble(tmp_path) -> None:
+    x = random_people(KINECT_V1, n=12, t=12)
+    actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
+    cfg = {**TINY.to_dict(), "action_teacher_epochs": 2, "mix": 0.8}
+    single = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**{**cfg, "teacher_ensemble": 1}))
+    js = save_anonymizer(single, tmp_path / "v2")
+    meta = json.loads(js.read_text())
+    meta["version"] = 2
+    del meta["config"]["teacher_ensemble"]
+    js.write_text(json.dumps(meta))
+    assert load_anonymizer(js).config.teacher_ensemble == 1
+    triple = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**cfg))
+    loaded = load_anonymizer(save_anonymizer(triple, tmp_path / "v3"))
+    assert loaded.config.teacher_ensemble == 3 and len(loaded.teacher) == 9
+    np.testing.assert_array_equal(loaded.anonymize(x, 1.0), triple.anonymize(x, 1.0))
+    with pytest.raises(ValueError, match="teacher_ensemble"):
+        AnonymizerConfig(teacher_ensemble=0)
+
+
+def test_the_ensembles_recognizers_start_apart_and_all_of_them_choose_the_prototype() -> None:
+    """Copies from the same initialization would be one recognizer counted three times."""
+    x = random_people(KINECT_V1, n=12, t=12)
+    actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
+    cfg = AnonymizerConfig(**{**TINY.to_dict(), "action_teacher_epochs": 2, "mix": 0.8, "prototype_choice": "soft"})
+    model = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg)
+    assert model.teacher is not None
+    cnns = [model.teacher[k * 3] for k in range(3)]
+    first = [p.detach() for p in cnns[0].parameters()]
+    for other in cnns[1:]:
+        assert any(not torch.equal(a, b.detach()) for a, b in zip(first, other.parameters()))
+    xn = torch.from_numpy(model.prepare(x))
+    before = model.predicted_prototype(xn)
+    with torch.no_grad():  # the last part of the last recognizer now says action 2 for everyone
+        head = model.teacher[8].head.heads[0]
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
+    after = model.predicted_prototype(xn)
+    assert not torch.allclose(before, after)  # soft choice: every part's probabilities weigh in
+
+
+def test_an_anonymizer_without_a_frozen_recognizer_trains_one_alongside() -> None:
+    x = random_people(KINECT_V1, n=12, t=12)
+    actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
+    cfg = AnonymizerConfig(**{**TINY.to_dict(), "action_teacher_epochs": 0, "mix": 0.0})
+    model = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg)
+    assert model.teacher is None
+    out = model.anonymize(x, 1.0)
+    assert out.shape == x.shape and np.isfinite(out).all()
