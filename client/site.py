@@ -37,6 +37,8 @@ class SiteSetup:
     num_persons: int
     model_config: dict[str, Any]
     seed: int
+    anonymize: Any = None  # the site's own setting (site.toml, or its scenario entry in a simulation)
+    state_dir: Path | None = None  # a deployed site's folder (keeps its fitted anonymizer)
 
 
 def site_setup(context: Context, config: ConfigRecord) -> SiteSetup:
@@ -50,25 +52,34 @@ def site_setup(context: Context, config: ConfigRecord) -> SiteSetup:
             spec=site.spec, data_root=site.data_root, layout=str(config.get("layout", site.layout)),
             num_frames=int(config.get("num-frames", 52)), num_persons=int(config.get("num-persons", 1)),
             model_config=json.loads(str(config.get("model-config", "{}"))), seed=int(config.get("seed", 0)),
+            anonymize=site.spec.anonymize, state_dir=site.state_dir,  # the site decides, not the coordinator
         )
     specs = json.loads(str(config["site-specs"]))
     index = int(node.get("partition-id", 0))
     if index >= len(specs):
         raise ValueError(f"node partition-id {index} but the scenario has {len(specs)} sites")
     data_root = str(config.get("data-root", "")) or None
+    spec = SiteSpec.from_dict(specs[index], f"site-specs[{index}]")
     return SiteSetup(
-        spec=SiteSpec.from_dict(specs[index], f"site-specs[{index}]"),
+        spec=spec,
         data_root=data_root,
         layout=str(config["layout"]),
         num_frames=int(config["num-frames"]),
         num_persons=int(config.get("num-persons", 1)),
         model_config=json.loads(str(config.get("model-config", "{}"))),
         seed=int(config.get("seed", 0)),
+        anonymize=spec.anonymize,
     )
 
 
 def site_data(setup: SiteSetup) -> SiteArrays:
-    return load_site(setup.spec, setup.data_root, setup.layout, setup.num_frames, setup.num_persons, setup.seed)
+    """The arrays the site trains and tests on: anonymized first when the site says so."""
+    from privacy.site_anonymization import SiteAnonymization, protect_site
+
+    arrays = load_site(setup.spec, setup.data_root, setup.layout, setup.num_frames, setup.num_persons, setup.seed)
+    setting = SiteAnonymization.parse(setup.anonymize, f"site {setup.spec.name!r}: anonymize")
+    key = json.dumps([setup.spec.to_json(), setup.data_root, setup.num_frames, setup.num_persons])
+    return protect_site(arrays, setting, setup.layout, setup.seed, setup.state_dir, key=key)
 
 
 def build_site_model(setup: SiteSetup, num_classes: int) -> torch.nn.Module:

@@ -16,9 +16,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skeletons.scenario import SiteSpec
+
+if TYPE_CHECKING:
+    from privacy.site_anonymization import SiteAnonymization
 
 EXECUTORS = ("warm", "subprocess")
 KNOWN = {
@@ -26,7 +29,8 @@ KNOWN = {
     "coordinator": {"address", "ca_certificate"},
     "keys": {"private_key"},
     "data": {"dataset", "path", "layout", "options", "select", "split", "partition"},
-    "privacy": {"epsilon", "delta", "max_grad_norm", "noise_multiplier", "ledger", "anonymize"},
+    "privacy": {"epsilon", "delta", "max_grad_norm", "noise_multiplier", "ledger", "anonymize",
+                "anonymizer_model", "keep_ratio", "mix"},
     "node": {"executor", "runtime_port", "metrics_port", "max_wait_s"},
 }
 DATASETS_WITHOUT_FILES = {"synthetic"}
@@ -45,7 +49,7 @@ class PrivacySettings:
     max_grad_norm: float | None = None
     noise_multiplier: float | None = None
     ledger: Path | None = None
-    anonymize: bool = False
+    anonymize: str = "none"  # none | bones | learned (privacy.site_anonymization)
 
 
 @dataclass
@@ -174,6 +178,8 @@ def load_site_config(path: str | Path) -> SiteConfig:
         get_layout(layout)
     except (KeyError, ValueError) as err:
         raise SiteConfigError(f"{source}: [data] layout {layout!r}: {err}") from None
+    priv = _table(raw, "privacy", source, required=False)
+    anonymization = _anonymization(priv, base, source)
     spec = SiteSpec(
         name=name,
         dataset=dataset,
@@ -182,16 +188,16 @@ def load_site_config(path: str | Path) -> SiteConfig:
         select=dict(_get(data, "select", dict, source, "data", {})),
         partition=_get(data, "partition", dict, source, "data", None),
         split=dict(_get(data, "split", dict, source, "data", {"test_fraction": 0.3, "by": "sample"})),
+        anonymize=anonymization.to_dict() if anonymization.enabled else None,
     )
 
-    priv = _table(raw, "privacy", source, required=False)
     privacy = PrivacySettings(
         epsilon=_get(priv, "epsilon", float, source, "privacy", None),
         delta=_get(priv, "delta", float, source, "privacy", 1e-5),
         max_grad_norm=_get(priv, "max_grad_norm", float, source, "privacy", None),
         noise_multiplier=_get(priv, "noise_multiplier", float, source, "privacy", None),
         ledger=_path(state_dir, priv["ledger"]) if "ledger" in priv else None,
-        anonymize=_get(priv, "anonymize", bool, source, "privacy", False),
+        anonymize=anonymization.method,
     )
     if privacy.epsilon is not None and privacy.epsilon <= 0:
         raise SiteConfigError(f"{source}: [privacy] epsilon = {privacy.epsilon} must be positive")
@@ -213,6 +219,24 @@ def load_site_config(path: str | Path) -> SiteConfig:
         privacy=privacy, executor=executor, runtime_port=ports["runtime_port"],
         metrics_port=ports["metrics_port"], max_wait_s=_get(node, "max_wait_s", float, source, "node", 0.0), raw=raw,
     )
+
+
+def _anonymization(priv: dict[str, Any], base: Path, source: Path) -> "SiteAnonymization":
+    """``[privacy] anonymize`` (true/false or none/bones/learned) with ``anonymizer_model``,
+    ``keep_ratio`` and ``mix``; the model path is relative to the site.toml's folder."""
+    from privacy.site_anonymization import SiteAnonymization
+
+    method = _get(priv, "anonymize", (bool, str), source, "privacy", False)
+    table: dict[str, Any] = {"method": {True: "bones", False: "none"}.get(method, method)}
+    if "anonymizer_model" in priv:
+        table["model"] = str(_path(base, _get(priv, "anonymizer_model", str, source, "privacy")))
+    for key in ("keep_ratio", "mix"):
+        if key in priv:
+            table[key] = _get(priv, key, float, source, "privacy")
+    try:
+        return SiteAnonymization.parse(table, f"{source}: [privacy] anonymize")
+    except ValueError as err:
+        raise SiteConfigError(str(err)) from None
 
 
 def check_site_ready(site: SiteConfig, load_data: bool = True) -> None:
@@ -246,6 +270,18 @@ def check_site_ready(site: SiteConfig, load_data: bool = True) -> None:
         probe.unlink()
     except OSError as err:
         problems.append(f"state folder {site.state_dir} is not writable: {err.strerror}")
+    model = (site.spec.anonymize or {}).get("model")
+    if model:
+        from privacy.anonymizer import load_anonymizer
+
+        try:
+            anonymizer = load_anonymizer(model)
+        except (OSError, ValueError) as err:
+            problems.append(f"anonymizer model ([privacy] anonymizer_model in {site.source}): {err}")
+        else:
+            if anonymizer.layout.name != site.layout:
+                problems.append(f"anonymizer model {model} is for layout {anonymizer.layout.name!r}, "
+                                f"the site's data is {site.layout!r} ([data] layout in {site.source})")
     if load_data and not problems:
         from skeletons.site_data import site_dataset
 

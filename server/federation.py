@@ -129,6 +129,11 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
                "test_examples": m.get("num-examples")}
         for name, m in last_eval.items()
     }
+    for spec in scenario.sites:  # a simulated site's anonymization (a deployed site keeps its own to itself)
+        if spec.anonymize is not None and spec.name in sites:
+            from privacy.site_anonymization import SiteAnonymization
+
+            sites[spec.name]["anonymize"] = SiteAnonymization.parse(spec.anonymize, spec.name).to_dict()
     finals = [s["final_accuracy"] for s in sites.values() if s["final_accuracy"] is not None]
     trained_finals = [s["trained_accuracy"] for s in sites.values() if s["trained_accuracy"] is not None]
     return {
@@ -150,9 +155,25 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
     }
 
 
+def with_run_anonymization(scenario: Scenario, value: Any) -> Scenario:
+    """The run config's ``anonymize`` for every simulated site without its own setting.
+
+    Deployed sites read theirs from their ``site.toml`` and ignore the specs sent to them."""
+    if value is None or value == "":
+        return scenario
+    from privacy.site_anonymization import SiteAnonymization
+
+    SiteAnonymization.parse(value, "run config: anonymize")  # a bad value fails before any round
+    for site in scenario.sites:
+        if site.anonymize is None:
+            site.anonymize = value
+    return scenario
+
+
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
-    scenario = resolve_scenario(settings.scenario, settings.paths_file or None)
+    scenario = with_run_anonymization(resolve_scenario(settings.scenario, settings.paths_file or None),
+                                      settings.extra.get("anonymize"))
     policy = client_policy(settings.strategy, scenario.shared_label_set)
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))

@@ -43,6 +43,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "
                              "--out folder of an earlier run); parameters of another name or shape stay fresh")
+    parser.add_argument("--anonymize", choices=("none", "bones", "learned"), default=None,
+                        help="every site without its own setting trains on anonymized sequences "
+                             "(learned: each site fits its anonymizer on its training split first)")
     parser.add_argument("--site-cpus", type=float, default=None,
                         help="CPUs the engine reserves per site (overrides the scenario's num_cpus); "
                              "e.g. the machine's core count to train one site at a time")
@@ -85,6 +88,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
         "initial-model": str(Path(args.initial_model).resolve()) if args.initial_model else None,
+        "anonymize": args.anonymize,
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
     for item in args.set:
@@ -111,6 +115,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
         check_shared_blocks(settings.shared_blocks, len(model["channels"]))
         check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
+        from server.federation import with_run_anonymization
+
+        with_run_anonymization(scenario, settings.extra.get("anonymize"))
         if settings.extra.get("initial-model"):
             from server.warm_start import initial_model_file
 

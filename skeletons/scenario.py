@@ -39,6 +39,7 @@ class SiteSpec:
     split: dict[str, Any] = field(default_factory=lambda: {"test_fraction": 0.3, "by": "sample"})
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    anonymize: Any = None  # see privacy.site_anonymization: false, a method, or a table
 
     @property
     def needs_data_root(self) -> bool:
@@ -57,6 +58,13 @@ class SiteSpec:
         for required in ("name", "dataset"):
             if required not in raw:
                 raise ScenarioError(f"{where}: missing field {required!r}")
+        if raw.get("anonymize") is not None:
+            from privacy.site_anonymization import SiteAnonymization
+
+            try:
+                SiteAnonymization.parse(raw["anonymize"], f"{where}: anonymize")
+            except ValueError as err:
+                raise ScenarioError(str(err)) from None
         return cls(**raw)
 
 
@@ -195,7 +203,7 @@ def _expand_partition(partition: dict[str, Any], source: str) -> list[dict[str, 
         num_sites = int(part["num_sites"])
     except KeyError as err:
         raise ScenarioError(f"{source}: [partition] is missing field {err.args[0]!r}") from None
-    site_fields = {k: part.pop(k) for k in ("folder", "options", "select", "split", "num_cpus", "num_gpus") if k in part}
+    site_fields = {k: part.pop(k) for k in ("folder", "options", "select", "split", "num_cpus", "num_gpus", "anonymize") if k in part}
     prefix = part.pop("site_prefix", f"{scheme}")
     return [
         {"name": f"{prefix}-{i}", "dataset": dataset, "partition": {**part, "index": i}, **site_fields}
