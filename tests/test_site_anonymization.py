@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +74,25 @@ def test_bones_site_sees_the_canonical_body_in_both_splits_with_its_labels() -> 
     np.testing.assert_array_equal(off.x_train, raw.x_train)
 
 
-def test_a_learned_site_fits_its_anonymizer_once_and_reuses_it_after_a_restart(tmp_path, monkeypatch) -> None:
+@pytest.fixture()
+def fits(monkeypatch) -> list[int]:
+    """Anonymizer fits shrunk to seconds; the list records each fit's training size."""
     import privacy.anonymizer as anonymizer
 
-    fits = []
+    sizes: list[int] = []
     real_fit = anonymizer.fit_anonymizer
 
     def small_fit(x, actions, subjects, attributes, layout, config=None, progress=None):
-        fits.append(len(x))
+        sizes.append(len(x))
         small = anonymizer.AnonymizerConfig(channels=8, blocks=1, epochs=1, adversary_hidden=8,
                                             action_teacher_epochs=2, teacher_ensemble=1, seed=config.seed)
         return real_fit(x, actions, subjects, attributes, layout, small)
 
     monkeypatch.setattr(anonymizer, "fit_anonymizer", small_fit)
+    return sizes
+
+
+def test_a_learned_site_fits_its_anonymizer_once_and_reuses_it_after_a_restart(tmp_path, fits) -> None:
     first = site_data(setup_for("learned", tmp_path))
     raw = load_site(SiteSpec.from_dict(SPEC), None, "kinect-v1", 16)
     assert fits == [len(raw.x_train)]  # fitted on the training split only
@@ -179,3 +186,35 @@ def test_a_run_wide_setting_reaches_every_site_without_its_own() -> None:
     assert [s.anonymize for s in scenario.sites] == ["none", "bones"]  # a site's own setting wins
     with pytest.raises(ValueError, match="run config: anonymize: method 'blur'"):
         with_run_anonymization(scenario, "blur")
+
+
+def test_a_deployed_site_follows_its_own_site_toml_not_the_coordinators_specs(tmp_path, fits) -> None:
+    from flwr.app import ConfigRecord, RecordDict
+
+    from client.site import site_setup
+    from privacy.keys import generate_keys
+
+    generate_keys(tmp_path / "keys", ["clinic-1"], ["localhost"])
+    (tmp_path / "site.toml").write_text("""[site]
+name = "clinic-1"
+state_dir = "state"
+[coordinator]
+address = "coord.example.org:9092"
+ca_certificate = "keys/ca.crt"
+[keys]
+private_key = "keys/sites/clinic-1.key"
+[data]
+dataset = "synthetic"
+options = { num_classes = 3, num_subjects = 3, samples_per_class_subject = 3, num_frames = 16 }
+[privacy]
+anonymize = "learned"
+""")
+    context = Context(run_id=1, node_id=5, node_config={"site-config": str(tmp_path / "site.toml")},
+                      state=RecordDict(), run_config={})
+    coordinator_says = json.dumps([{**SPEC, "name": "clinic-1", "anonymize": "none"}])
+    config = ConfigRecord({"site-specs": coordinator_says, "layout": "kinect-v1", "num-frames": 16, "seed": 0})
+    setup = site_setup(context, config)
+    assert setup.anonymize == {"method": "learned", "keep_ratio": 1.0}
+    data = site_data(setup)
+    assert len(fits) == 1 and (tmp_path / "state" / FITTED_MODEL).is_file()
+    assert data.x_train.shape[2] == 16
