@@ -74,6 +74,21 @@ def test_bones_site_sees_the_canonical_body_in_both_splits_with_its_labels() -> 
     np.testing.assert_array_equal(off.x_train, raw.x_train)
 
 
+def site_toml(folder: Path, privacy: str) -> Path:
+    """A deployed site's folder (keys, site.toml) whose ``[privacy]`` table is ``privacy``;
+    the rest is the site of test_site_config with a little more data."""
+    from privacy.keys import generate_keys
+    from test_site_config import SITE
+
+    if not (folder / "keys").exists():
+        generate_keys(folder / "keys", ["clinic-1"], ["localhost"])
+    head = SITE.split("[privacy]")[0].replace("samples_per_class_subject = 1, num_frames = 8",
+                                              "samples_per_class_subject = 3, num_frames = 16")
+    path = folder / "site.toml"
+    path.write_text(head.replace("num_subjects = 2", "num_subjects = 3") + "[privacy]\n" + privacy)
+    return path
+
+
 @pytest.fixture()
 def fits(monkeypatch) -> list[int]:
     """Anonymizer fits shrunk to seconds; the list records each fit's training size."""
@@ -106,35 +121,19 @@ def test_a_learned_site_fits_its_anonymizer_once_and_reuses_it_after_a_restart(t
 
 
 def test_site_toml_turns_it_on_with_paths_relative_to_the_file(tmp_path) -> None:
-    from client.site_config import SiteConfigError, load_site_config
-    from privacy.keys import generate_keys
+    from client.site_config import SiteConfigError, check_site_ready, load_site_config
 
-    generate_keys(tmp_path / "keys", ["clinic-1"], ["localhost"])
-    base = """[site]
-name = "clinic-1"
-[coordinator]
-address = "coord.example.org:9092"
-ca_certificate = "keys/ca.crt"
-[keys]
-private_key = "keys/sites/clinic-1.key"
-[data]
-dataset = "synthetic"
-[privacy]
-"""
-    path = tmp_path / "site.toml"
-    path.write_text(base + 'anonymize = "learned"\nanonymizer_model = "models/anon.json"\nkeep_ratio = 0.5\n')
+    path = site_toml(tmp_path, 'anonymize = "learned"\nanonymizer_model = "models/anon.json"\nkeep_ratio = 0.5\n')
     site = load_site_config(path)
     assert site.privacy.anonymize == "learned"
     assert site.spec.anonymize == {"method": "learned", "model": str(tmp_path / "models" / "anon.json"),
                                    "keep_ratio": 0.5}
-    path.write_text(base + "anonymize = true\n")
+    site_toml(tmp_path, "anonymize = true\n")
     assert load_site_config(path).spec.anonymize == {"method": "bones", "keep_ratio": 1.0}
-    path.write_text(base + 'anonymizer_model = "anon.json"\n')
+    site_toml(tmp_path, 'anonymizer_model = "anon.json"\n')
     with pytest.raises(SiteConfigError, match=r"\[privacy\] anonymize.*model is given but method is 'none'"):
         load_site_config(path)
-    path.write_text(base + 'anonymize = "learned"\nanonymizer_model = "missing.json"\n')
-    from client.site_config import check_site_ready
-
+    site_toml(tmp_path, 'anonymize = "learned"\nanonymizer_model = "missing.json"\n')
     with pytest.raises(SiteConfigError, match="anonymizer_model.*missing.json"):
         check_site_ready(load_site_config(path), load_data=False)
 
@@ -192,25 +191,9 @@ def test_a_deployed_site_follows_its_own_site_toml_not_the_coordinators_specs(tm
     from flwr.app import ConfigRecord, RecordDict
 
     from client.site import site_setup
-    from privacy.keys import generate_keys
 
-    generate_keys(tmp_path / "keys", ["clinic-1"], ["localhost"])
-    (tmp_path / "site.toml").write_text("""[site]
-name = "clinic-1"
-state_dir = "state"
-[coordinator]
-address = "coord.example.org:9092"
-ca_certificate = "keys/ca.crt"
-[keys]
-private_key = "keys/sites/clinic-1.key"
-[data]
-dataset = "synthetic"
-options = { num_classes = 3, num_subjects = 3, samples_per_class_subject = 3, num_frames = 16 }
-[privacy]
-anonymize = "learned"
-""")
-    context = Context(run_id=1, node_id=5, node_config={"site-config": str(tmp_path / "site.toml")},
-                      state=RecordDict(), run_config={})
+    path = site_toml(tmp_path, 'anonymize = "learned"\n')
+    context = Context(run_id=1, node_id=5, node_config={"site-config": str(path)}, state=RecordDict(), run_config={})
     coordinator_says = json.dumps([{**SPEC, "name": "clinic-1", "anonymize": "none"}])
     config = ConfigRecord({"site-specs": coordinator_says, "layout": "kinect-v1", "num-frames": 16, "seed": 0})
     setup = site_setup(context, config)
