@@ -139,8 +139,10 @@ def site_model(arrays: "SiteArrays", layout, setting: SiteAnonymization, seed: i
             raise ValueError(f"{path}: anonymizer for layout {model.layout.name!r}, the site's data is {layout.name!r}")
         return model
     subjects = np.unique(np.asarray(arrays.subjects_train), return_inverse=True)[1]
-    log.info("site %s: fitting its anonymizer on %d training sequences of %d people",
-             arrays.name, len(arrays.y_train), int(subjects.max()) + 1)
+    log.warning("site %s: fitting its anonymizer on its %d training sequences of %d people; the model "
+                "depends on all of them, so DP-SGD's per-sequence guarantee covers the anonymized "
+                "sequences, not the raw ones (docs/privacy.md)",
+                arrays.name, len(arrays.y_train), int(subjects.max()) + 1)
     model = fit_anonymizer(arrays.x_train, arrays.y_train, subjects, {}, layout, AnonymizerConfig(seed=seed))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
