@@ -201,3 +201,32 @@ def test_a_deployed_site_follows_its_own_site_toml_not_the_coordinators_specs(tm
     data = site_data(setup)
     assert len(fits) == 1 and (tmp_path / "state" / FITTED_MODEL).is_file()
     assert data.x_train.shape[2] == 16
+
+
+def test_recognizer_sites_scores_the_recognizer_a_learned_site_fits(monkeypatch) -> None:
+    """``python -m privacy.recognizer_sites`` must train the very recognizer that
+    ``fit_anonymizer`` puts into a site's model: same weights, hence same predictions."""
+    import torch
+
+    import privacy.anonymizer as anonymizer
+    from privacy import recognizer_sites
+
+    config = anonymizer.AnonymizerConfig(channels=8, blocks=1, epochs=1, adversary_hidden=8,
+                                         action_teacher_epochs=3, teacher_ensemble=2, seed=0)
+    scenario = load_scenario(TINY)
+    kept = {}
+    real = anonymizer.train_action_recognizer
+
+    def keeping(layout, xn, actions, cfg, gen, seed):
+        kept["net"] = real(layout, xn, actions, cfg, gen, seed)
+        return kept["net"]
+
+    monkeypatch.setattr(recognizer_sites, "train_action_recognizer", keeping)
+    report = recognizer_sites.site_top1(scenario, None, config, seed=0)
+    assert set(report["sites"]) == {"front", "side"} and report["recognizers"] == 2
+    arrays = load_site(scenario.sites[1], None, scenario.layout, scenario.num_frames)
+    subjects = np.unique(arrays.subjects_train, return_inverse=True)[1]
+    model = anonymizer.fit_anonymizer(arrays.x_train, arrays.y_train, subjects, {}, KINECT_V1, config)
+    for mine, theirs in zip(kept["net"].state_dict().values(), model.teacher.state_dict().values()):
+        torch.testing.assert_close(mine, theirs)
+    assert 0.0 <= report["sites"]["side"]["top1"] <= 1.0
