@@ -50,6 +50,7 @@ class LoopbackFederation:
     port: int = field(default_factory=free_port)
     metrics_port: int = 0
     executor: str = "warm"
+    site_privacy: dict[str, str] = field(default_factory=dict)  # site -> lines of its [privacy] table
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -114,7 +115,7 @@ class LoopbackFederation:
             "[data]", 'dataset = "synthetic"', 'layout = "kinect-v1"', f"options = {site_options(index)}",
             'split = { test_fraction = 0.3, by = "sample" }', "",
             "[node]", f'executor = "{self.executor}"', "",
-        ])
+        ] + (["[privacy]", self.site_privacy[site], ""] if site in self.site_privacy else []))
         path = self.site_toml(site)
         path.write_text(text)
         return path

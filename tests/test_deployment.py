@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 HONEST = ["site-a", "site-b", "site-c"]
 TAMPERER = Path(__file__).with_name("tampering_site.py")
 REFERENCE: dict[str, dict[str, np.ndarray]] = {}
+ANONYMIZING = {"site-c": 'anonymize = "learned"'}  # fits its anonymizer at its first round
 
 
 def screening_survives_error_replies() -> bool:
@@ -65,7 +66,8 @@ def control(fed: LoopbackFederation) -> Control:
 
 @pytest.mark.timeout(480)
 def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
-    fed = federation(sites=HONEST, rounds=2, min_sites=3, extra_sites=["tamperer"], name="e2e", metrics_port=free_port())
+    fed = federation(sites=HONEST, rounds=2, min_sites=3, extra_sites=["tamperer"], name="e2e", metrics_port=free_port(),
+                     site_privacy=ANONYMIZING)
     fed.start_coordinator()
     for site in HONEST:
         fed.start_site(site)
@@ -114,12 +116,15 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
         assert list((fed.site_state(site) / "personal").glob("personal-*.npz")), site
         site_metrics = json.loads((fed.site_state(site) / "metrics.json").read_text())
         assert site_metrics["messages"] == {"train": 2, "evaluate": 2} and site_metrics["bytes_sent"] > 0
+    # site-c fitted its own anonymizer in round 1, kept it on its disk and trained on its output
+    assert (fed.site_state("site-c") / "anonymizer.json").is_file()
+    assert not (fed.site_state("site-a") / "anonymizer.json").exists()
     REFERENCE["global"] = model
 
 
 @pytest.mark.timeout(480)
 def test_coordinator_killed_and_resumed_matches_uninterrupted(federation):
-    fed = federation(sites=HONEST, rounds=2, min_sites=3, name="resume")
+    fed = federation(sites=HONEST, rounds=2, min_sites=3, name="resume", site_privacy=ANONYMIZING)
     fed.start_coordinator()
     for site in HONEST:
         fed.start_site(site)
