@@ -269,3 +269,23 @@ def test_sites_at_their_budget_decline_in_a_simulation_and_the_rounds_go_on(tmp_
     assert sites["c"]["declined_rounds"] == 0 and 2.5 < sites["c"]["epsilon"] <= 3.0
     assert sites["a"]["epsilon"] == pytest.approx(sites["b"]["epsilon"]) and sites["a"]["epsilon"] < 3.0
     assert all(s["final_accuracy"] is not None for s in results["sites"].values()), "every site still evaluates"
+
+
+def test_dp_features_bench_spends_the_target_and_reports_both_runs(tmp_path) -> None:
+    """The feature-classifier DP benchmark: every site trained twice, the DP run at the
+    target epsilon (the accountant's, not the plan's), results written as JSON."""
+    import json
+    from pathlib import Path
+
+    from privacy import dp_features_bench
+
+    tiny = Path(__file__).parent / "scenarios" / "tiny.toml"
+    out = tmp_path / "dpf.json"
+    assert dp_features_bench.main(["--scenario", str(tiny), "--epsilon", "3", "--epochs", "4", "--batch-size", "8",
+                                   "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["sites"]) == {"front", "side"}
+    for site in report["sites"].values():
+        assert 2.5 < site["dp"]["epsilon"] <= 3.0 + 1e-6
+        assert 0.0 <= site["no_dp"] <= 1.0 and 0.0 <= site["dp"]["top1"] <= 1.0
+    assert report["settings"]["standardize"] == "synthetic"
