@@ -9,9 +9,12 @@ on each site with and without Opacus DP-SGD (Poisson sampling, per-sample clippi
 accountant, the planned noise for the target epsilon over all epochs).
 
 The features must be standardized. ``--standardize synthetic`` takes the scale from the
-built-in synthetic sites (public, so it costs no privacy); ``private`` takes it from the
-site's own training split, which DP-SGD's guarantee does NOT cover (it shows what a
-privately estimated scale could reach); ``none`` leaves the features as they are.
+built-in synthetic sites (public, so it costs no privacy); ``dp`` refines that scale with
+the site's own mean and spread released by the Gaussian mechanism (each sequence's
+feature vector clipped, two releases), and the accountant composes both releases with
+DP-SGD within the same epsilon; ``private`` takes the scale from the site's training
+split without noise, which DP does NOT cover (the ceiling for ``dp``); ``none`` leaves the
+features as they are.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario
 from skeletons.site_data import load_site
 
-STANDARDIZE = ("synthetic", "private", "none")
+STANDARDIZE = ("synthetic", "dp", "private", "none")
 
 
 def public_scale(layout_name: str, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +50,52 @@ def public_scale(layout_name: str, num_frames: int) -> tuple[torch.Tensor, torch
     return feats.mean(dim=0), feats.std(dim=0).clamp_min(1e-4)
 
 
+Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps), as Opacus's RDP history
+
+
+def dp_scale(features: torch.Tensor, public: tuple[torch.Tensor, torch.Tensor], clip: float, sigma: float,
+             seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Release]]:
+    """The site's feature mean and spread by the Gaussian mechanism, on the public scale.
+
+    Each sequence's (publicly scaled) feature vector, and then its squared deviation from
+    the released mean, is clipped to L2 norm ``clip`` and summed; each sum gets Gaussian
+    noise of standard deviation ``sigma * clip``. The training-set size is treated as
+    public, as DP-SGD's sample rate does. Returns the scale and the two releases."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    z = (features - public[0]) / public[1]
+
+    def noisy_mean(v: torch.Tensor) -> torch.Tensor:
+        v = v * (clip / v.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return (v.sum(dim=0) + sigma * clip * torch.randn(v.shape[1], generator=gen)) / len(v)
+
+    mean = noisy_mean(z)
+    var = noisy_mean((z - mean) ** 2).clamp(min=0.05)  # a floor against noise below zero
+    scale = (public[0] + mean * public[1], public[1] * var.sqrt())
+    return scale, [(sigma, 1.0, 2)]
+
+
+def sgd_noise(epsilon: float, delta: float, sample_rate: float, steps: int, before: list[Release]) -> float:
+    """The smallest DP-SGD noise multiplier that keeps ``before`` plus training within epsilon (RDP)."""
+    from opacus.accountants import RDPAccountant
+
+    low, high = 0.1, 100.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        accountant = RDPAccountant()
+        accountant.history = [*before, (mid, sample_rate, steps)]
+        if accountant.get_epsilon(delta) > epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
 def site_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                  num_classes: int, epsilon: float | None, args: argparse.Namespace) -> dict[str, float]:
-    """Top-1 of a classifier trained on one site's features; ``epsilon`` None: no DP."""
+                  num_classes: int, epsilon: float | None, args: argparse.Namespace,
+                  before: list[Release] | None = None) -> dict[str, float]:
+    """Top-1 of a classifier trained on one site's features; ``epsilon`` None: no DP.
+
+    ``before`` holds earlier releases from the same data; DP-SGD gets what they leave."""
     torch.manual_seed(args.seed)
     dim = x_train.shape[1]
     model: nn.Module = (nn.Linear(dim, num_classes) if args.hidden == 0 else
@@ -64,10 +110,13 @@ def site_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Opacus's note on its non-cryptographic RNG
-            engine = PrivacyEngine()
-            model, optimizer, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon,
-                target_delta=args.delta, epochs=args.epochs, max_grad_norm=args.max_grad_norm)
+            engine = PrivacyEngine(accountant="rdp")
+            sample_rate = 1.0 / len(loader)
+            noise = sgd_noise(epsilon, args.delta, sample_rate, args.epochs * len(loader), before or [])
+            model, optimizer, loader = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
+                max_grad_norm=args.max_grad_norm)
+            engine.accountant.history = list(before or [])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook")  # Opacus's hooks on an input without grad
         for _ in range(args.epochs):
@@ -86,20 +135,24 @@ def site_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
 
 def run_bench(scenario: Scenario, data_root: str | None, args: argparse.Namespace) -> dict[str, Any]:
     layout = get_layout(scenario.layout)
-    scale = public_scale(scenario.layout, scenario.num_frames) if args.standardize == "synthetic" else None
+    public = public_scale(scenario.layout, scenario.num_frames)
+    scale = public if args.standardize == "synthetic" else None
     sites: dict[str, Any] = {}
     for spec in scenario.sites:
         arrays = load_site(spec, data_root, scenario.layout, scenario.num_frames, scenario.num_persons, args.seed)
         f_train = torch.from_numpy(sequence_features(arrays.x_train, layout))
         f_test = torch.from_numpy(sequence_features(arrays.x_test, layout))
+        before: list[Release] = []
         if args.standardize == "private":
             scale = (f_train.mean(dim=0), f_train.std(dim=0).clamp_min(1e-4))
+        if args.standardize == "dp":
+            scale, before = dp_scale(f_train, public, args.scale_clip, args.scale_noise, args.seed)
         if scale is not None:
             f_train, f_test = (f_train - scale[0]) / scale[1], (f_test - scale[0]) / scale[1]
         y_train, y_test = torch.from_numpy(arrays.y_train), torch.from_numpy(arrays.y_test)
         sites[spec.name] = {
             "no_dp": site_accuracy(f_train, y_train, f_test, y_test, arrays.num_classes, None, args)["top1"],
-            "dp": site_accuracy(f_train, y_train, f_test, y_test, arrays.num_classes, args.epsilon, args),
+            "dp": site_accuracy(f_train, y_train, f_test, y_test, arrays.num_classes, args.epsilon, args, before),
             "train": int(len(y_train)), "classes": arrays.num_classes,
         }
         print(f"{spec.name}: {100 * sites[spec.name]['no_dp']:.1f}% without DP, "
@@ -126,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     parser.add_argument("--hidden", type=int, default=0, help="0: softmax classifier; N: one hidden layer of N")
     parser.add_argument("--standardize", choices=STANDARDIZE, default="synthetic")
+    parser.add_argument("--scale-clip", type=float, default=15.0,
+                        help="dp scale: L2 clip of a sequence's publicly scaled feature vector")
+    parser.add_argument("--scale-noise", type=float, default=4.0,
+                        help="dp scale: noise multiplier of the two Gaussian releases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)

@@ -289,3 +289,29 @@ def test_dp_features_bench_spends_the_target_and_reports_both_runs(tmp_path) -> 
         assert 2.5 < site["dp"]["epsilon"] <= 3.0 + 1e-6
         assert 0.0 <= site["no_dp"] <= 1.0 and 0.0 <= site["dp"]["top1"] <= 1.0
     assert report["settings"]["standardize"] == "synthetic"
+
+
+def test_dp_features_bench_pays_the_scale_releases_from_the_same_budget(tmp_path) -> None:
+    """With ``--standardize dp`` the two Gaussian releases of the feature scale and DP-SGD
+    share one epsilon: training gets more noise than it would alone, and the accountant's
+    total (releases included) stays at the target."""
+    import json
+    from pathlib import Path
+
+    from opacus.accountants import RDPAccountant
+
+    from privacy import dp_features_bench
+    from privacy.dp_features_bench import sgd_noise
+
+    releases = [(4.0, 1.0, 2)]
+    alone, shared = sgd_noise(8.0, 1e-5, 0.1, 400, []), sgd_noise(8.0, 1e-5, 0.1, 400, releases)
+    assert shared > alone
+    accountant = RDPAccountant()
+    accountant.history = [*releases, (shared, 0.1, 400)]
+    assert 7.9 < accountant.get_epsilon(1e-5) <= 8.0 + 1e-6
+    out = tmp_path / "dpf.json"
+    tiny = Path(__file__).parent / "scenarios" / "tiny.toml"
+    assert dp_features_bench.main(["--scenario", str(tiny), "--epsilon", "3", "--epochs", "4", "--batch-size", "8",
+                                   "--standardize", "dp", "--out", str(out)]) == 0
+    for site in json.loads(out.read_text())["sites"].values():
+        assert 2.5 < site["dp"]["epsilon"] <= 3.0 + 1e-6
