@@ -20,7 +20,6 @@ features as they are.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from privacy.attackers import sequence_features
+from skeletons.atomic import write_report
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario
 from skeletons.site_data import load_site
@@ -199,12 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     report["scenario"] = scenario.name
     print(f"\n{scenario.name}: mean {100 * report['mean_no_dp']:.1f}% without DP, "
           f"{100 * report['mean_dp']:.1f}% at epsilon {args.epsilon:g} (standardize: {args.standardize})")
-    if args.out:
-        from privacy.anonymizer import _atomic_write
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

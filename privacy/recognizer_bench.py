@@ -14,7 +14,6 @@ with ``--out``, JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -26,9 +25,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from privacy.anonymizer import AnonymizerConfig, _atomic_write, train_action_recognizer
+from privacy.anonymizer import AnonymizerConfig, train_action_recognizer
 from privacy.audit import AuditData, anonymizer_groups
 from privacy.bone_normalize import normalize_bones
+from skeletons.atomic import write_report
 
 PART_NAMES = ("motion CNN", "statistics MLP", "feature MLP")
 
@@ -118,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
           f"tested on the other group; mean over {len(report['runs'])} runs")
     for name, value in report["mean_top1"].items():
         print(f"  {name:15s} {100 * value:5.1f}%")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -11,7 +11,6 @@ scores it on the same site's bone-normalized test split, per site of a scenario.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from privacy.anonymizer import AnonymizerConfig, _atomic_write, train_action_recognizer
+from privacy.anonymizer import AnonymizerConfig, train_action_recognizer
 from privacy.bone_normalize import normalize_bones
+from skeletons.atomic import write_report
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario
 from skeletons.site_data import load_site
@@ -72,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     report["scenario"] = scenario.name
     print(f"\n{scenario.name}: mean {100 * report['mean_top1']:.1f}% over {len(report['sites'])} sites")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

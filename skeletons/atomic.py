@@ -40,6 +40,13 @@ def write_json(path: str | Path, data: Any, mode: int | None = None) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def write_report(path: str | Path | None, report: Any) -> None:
+    """A command's JSON report at ``path`` (atomically), if one was asked for, and where it went."""
+    if path:
+        write_json(path, report)
+        print(f"wrote {path}")
+
+
 def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], mode: int | None = None) -> None:
     """Save named arrays as ``.npz`` (no pickle), atomically."""
     with atomic_path(path, mode) as tmp:
