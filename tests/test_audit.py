@@ -110,9 +110,10 @@ def test_audit_command_writes_the_documented_json(tmp_path, monkeypatch) -> None
     out = tmp_path / "audit"
     code = main(["audit", "--dataset", "synthetic", "--out", str(out), "--method", "both",
                  "--keep-ratios", "1,0.5", "--epochs", "1", "--folds", "2", "--anonymizer-epochs", "1",
-                 "--attackers", "features", "--threads", "1"])
+                 "--attackers", "features", "--threads", "1", "--recognizers", "2"])
     assert code == 0
     report = json.loads((out / "audit.json").read_text())
+    assert report["plan"]["anonymizer"]["teacher_ensemble"] == 2
     for section in ("raw", "protected"):
         r = report[section]
         for key in ("reid_top1", "reid_top5", "linkage_accuracy", "action_top1"):
