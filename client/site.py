@@ -37,7 +37,6 @@ class SiteSetup:
     num_persons: int
     model_config: dict[str, Any]
     seed: int
-    anonymize: Any = None  # the site's own setting (site.toml, or its scenario entry in a simulation)
     state_dir: Path | None = None  # a deployed site's folder (keeps its fitted anonymizer)
 
 
@@ -52,23 +51,21 @@ def site_setup(context: Context, config: ConfigRecord) -> SiteSetup:
             spec=site.spec, data_root=site.data_root, layout=str(config.get("layout", site.layout)),
             num_frames=int(config.get("num-frames", 52)), num_persons=int(config.get("num-persons", 1)),
             model_config=json.loads(str(config.get("model-config", "{}"))), seed=int(config.get("seed", 0)),
-            anonymize=site.spec.anonymize, state_dir=site.state_dir,  # the site decides, not the coordinator
+            state_dir=site.state_dir,  # spec (with its anonymize) is the site's own, not the coordinator's
         )
     specs = json.loads(str(config["site-specs"]))
     index = int(node.get("partition-id", 0))
     if index >= len(specs):
         raise ValueError(f"node partition-id {index} but the scenario has {len(specs)} sites")
     data_root = str(config.get("data-root", "")) or None
-    spec = SiteSpec.from_dict(specs[index], f"site-specs[{index}]")
     return SiteSetup(
-        spec=spec,
+        spec=SiteSpec.from_dict(specs[index], f"site-specs[{index}]"),
         data_root=data_root,
         layout=str(config["layout"]),
         num_frames=int(config["num-frames"]),
         num_persons=int(config.get("num-persons", 1)),
         model_config=json.loads(str(config.get("model-config", "{}"))),
         seed=int(config.get("seed", 0)),
-        anonymize=spec.anonymize,
     )
 
 
@@ -77,8 +74,8 @@ def site_data(setup: SiteSetup) -> SiteArrays:
     from privacy.site_anonymization import SiteAnonymization, protect_site
 
     arrays = load_site(setup.spec, setup.data_root, setup.layout, setup.num_frames, setup.num_persons, setup.seed)
-    setting = SiteAnonymization.parse(setup.anonymize, f"site {setup.spec.name!r}: anonymize")
-    key = json.dumps([setup.spec.to_json(), setup.data_root, setup.num_frames, setup.num_persons])
+    setting = SiteAnonymization.parse(setup.spec.anonymize, f"site {setup.spec.name!r}: anonymize")
+    key = json.dumps([setup.spec.data_json(), setup.data_root, setup.num_frames, setup.num_persons])
     return protect_site(arrays, setting, setup.layout, setup.seed, setup.state_dir, key=key)
 
 

@@ -49,7 +49,6 @@ class PrivacySettings:
     max_grad_norm: float | None = None
     noise_multiplier: float | None = None
     ledger: Path | None = None
-    anonymize: str = "none"  # none | bones | learned (privacy.site_anonymization)
 
 
 @dataclass
@@ -197,7 +196,6 @@ def load_site_config(path: str | Path) -> SiteConfig:
         max_grad_norm=_get(priv, "max_grad_norm", float, source, "privacy", None),
         noise_multiplier=_get(priv, "noise_multiplier", float, source, "privacy", None),
         ledger=_path(state_dir, priv["ledger"]) if "ledger" in priv else None,
-        anonymize=anonymization.method,
     )
     if privacy.epsilon is not None and privacy.epsilon <= 0:
         raise SiteConfigError(f"{source}: [privacy] epsilon = {privacy.epsilon} must be positive")

@@ -72,11 +72,11 @@ from privacy.bone_normalize import (
     normalize_bones,
     tree_order,
 )
+from privacy.site_anonymization import METHODS  # the site switch's light module owns the list
 from skeletons.layouts import Layout, get_layout
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "bones", "learned")
 FORMAT_VERSION = 3  # 2: the action recognizer may carry a third part (teacher_features); 3: several recognizers
 _DECIMETRE = 0.1  # network inputs and position losses are measured in decimetres
 

@@ -135,7 +135,7 @@ def site_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
 
 def run_bench(scenario: Scenario, data_root: str | None, args: argparse.Namespace) -> dict[str, Any]:
     layout = get_layout(scenario.layout)
-    public = public_scale(scenario.layout, scenario.num_frames)
+    public = public_scale(scenario.layout, scenario.num_frames) if args.standardize in ("synthetic", "dp") else None
     scale = public if args.standardize == "synthetic" else None
     sites: dict[str, Any] = {}
     for spec in scenario.sites:

@@ -36,7 +36,6 @@ def site_top1(scenario: Scenario, data_root: str | None, config: AnonymizerConfi
         arrays = load_site(spec, data_root, scenario.layout, scenario.num_frames, scenario.num_persons, seed)
         x_train = torch.from_numpy(normalize_bones(arrays.x_train, layout, config.bones))
         x_test = torch.from_numpy(normalize_bones(arrays.x_test, layout, config.bones))
-        torch.manual_seed(seed)
         net = train_action_recognizer(layout, x_train, torch.from_numpy(arrays.y_train), config,
                                       torch.Generator().manual_seed(seed), seed + 2)
         net.eval()

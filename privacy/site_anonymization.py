@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "bones", "learned")
+METHODS = ("none", "bones", "learned")  # also privacy.anonymizer's AnonymizationConfig methods
 FIELDS = ("method", "model", "keep_ratio", "mix")
 FITTED_MODEL = "anonymizer.json"  # in a site's state folder
 
@@ -98,7 +98,8 @@ def protect_site(arrays: "SiteArrays", setting: SiteAnonymization, layout: str, 
     site asked again in the same process is neither refitted nor re-anonymized."""
     if not setting.enabled:
         return arrays
-    key = repr((key or arrays.name, setting, layout, seed, str(state_dir)))
+    data_key = key or arrays.name
+    key = repr((data_key, setting, layout, seed, str(state_dir)))
     if key in _ARRAYS:
         _ARRAYS.move_to_end(key)
         return _ARRAYS[key]
@@ -110,9 +111,10 @@ def protect_site(arrays: "SiteArrays", setting: SiteAnonymization, layout: str, 
         def apply(x):
             return normalize_bones(x, lay)
     else:
-        if key not in _MODELS:
-            _MODELS[key] = site_model(arrays, lay, setting, seed, state_dir)
-        model = _MODELS[key]
+        fit_key = repr((data_key, setting.model, layout, seed, str(state_dir)))  # keep ratio and mix: deployment knobs
+        if fit_key not in _MODELS:
+            _MODELS[fit_key] = site_model(arrays, lay, setting, seed, state_dir)
+        model = _MODELS[fit_key]
 
         def apply(x):
             return model.anonymize(x, setting.keep_ratio, mix=setting.mix)

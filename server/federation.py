@@ -129,10 +129,10 @@ def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundReco
                "test_examples": m.get("num-examples")}
         for name, m in last_eval.items()
     }
+    from privacy.site_anonymization import SiteAnonymization
+
     for spec in scenario.sites:  # a simulated site's anonymization (a deployed site keeps its own to itself)
         if spec.anonymize is not None and spec.name in sites:
-            from privacy.site_anonymization import SiteAnonymization
-
             sites[spec.name]["anonymize"] = SiteAnonymization.parse(spec.anonymize, spec.name).to_dict()
     finals = [s["final_accuracy"] for s in sites.values() if s["final_accuracy"] is not None]
     trained_finals = [s["trained_accuracy"] for s in sites.values() if s["trained_accuracy"] is not None]

@@ -49,6 +49,10 @@ class SiteSpec:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def data_json(self) -> str:
+        """The fields that decide the site's raw arrays: everything but its anonymization."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "anonymize"}, sort_keys=True)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "site") -> "SiteSpec":
         known = set(cls.__dataclass_fields__)

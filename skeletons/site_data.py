@@ -54,7 +54,7 @@ def load_site(
     seed: int = 0,
 ) -> SiteArrays:
     """Load, filter, partition, split and preprocess one site's data (memoized per process)."""
-    key = json.dumps([spec.to_json(), str(data_root), layout, num_frames, num_persons, seed])
+    key = json.dumps([spec.data_json(), str(data_root), layout, num_frames, num_persons, seed])
     if key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key]

@@ -39,7 +39,7 @@ def fresh_memos():
 def setup_for(anonymize, state_dir: Path | None = None) -> SiteSetup:
     spec = SiteSpec.from_dict({**SPEC, "anonymize": anonymize})
     return SiteSetup(spec=spec, data_root=None, layout="kinect-v1", num_frames=16, num_persons=1,
-                     model_config={}, seed=0, anonymize=anonymize, state_dir=state_dir)
+                     model_config={}, seed=0, state_dir=state_dir)
 
 
 @pytest.mark.parametrize("raw, method", [(None, "none"), (False, "none"), (True, "bones"), ("bones", "bones"),
@@ -125,7 +125,6 @@ def test_site_toml_turns_it_on_with_paths_relative_to_the_file(tmp_path) -> None
 
     path = site_toml(tmp_path, 'anonymize = "learned"\nanonymizer_model = "models/anon.json"\nkeep_ratio = 0.5\n')
     site = load_site_config(path)
-    assert site.privacy.anonymize == "learned"
     assert site.spec.anonymize == {"method": "learned", "model": str(tmp_path / "models" / "anon.json"),
                                    "keep_ratio": 0.5}
     site_toml(tmp_path, "anonymize = true\n")
@@ -197,7 +196,7 @@ def test_a_deployed_site_follows_its_own_site_toml_not_the_coordinators_specs(tm
     coordinator_says = json.dumps([{**SPEC, "name": "clinic-1", "anonymize": "none"}])
     config = ConfigRecord({"site-specs": coordinator_says, "layout": "kinect-v1", "num-frames": 16, "seed": 0})
     setup = site_setup(context, config)
-    assert setup.anonymize == {"method": "learned", "keep_ratio": 1.0}
+    assert setup.spec.anonymize == {"method": "learned", "keep_ratio": 1.0}
     data = site_data(setup)
     assert len(fits) == 1 and (tmp_path / "state" / FITTED_MODEL).is_file()
     assert data.x_train.shape[2] == 16
@@ -230,3 +229,17 @@ def test_recognizer_sites_scores_the_recognizer_a_learned_site_fits(monkeypatch)
     for mine, theirs in zip(kept["net"].state_dict().values(), model.teacher.state_dict().values()):
         torch.testing.assert_close(mine, theirs)
     assert 0.0 <= report["sites"]["side"]["top1"] <= 1.0
+
+
+def test_a_simulated_site_fits_once_for_every_keep_ratio_and_mix(fits) -> None:
+    """Keep ratio and mix are deployment knobs of one fitted model: changing them re-applies
+    the model, it does not fit another (a simulated site has no state folder to reload from)."""
+    full = site_data(setup_for("learned"))
+    half = site_data(setup_for({"method": "learned", "keep_ratio": 0.5, "mix": 0.9}))
+    assert len(fits) == 1
+    assert not np.allclose(full.x_train, half.x_train)
+
+
+def test_the_raw_arrays_are_loaded_once_whatever_the_site_does_to_them() -> None:
+    raw = load_site(SiteSpec.from_dict(SPEC), None, "kinect-v1", 16)
+    assert load_site(SiteSpec.from_dict({**SPEC, "anonymize": "bones"}), None, "kinect-v1", 16) is raw
