@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.global_mix import blend_towards_global, check_global_mix, keep_own_shared, own_shared
 from client.metrics import record_exchange
 from client.personal_phase import check_personal_epochs, fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
@@ -38,8 +39,12 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 
-def _train_config(config: ConfigRecord, seed: int):
+def _train_config(config: ConfigRecord, seed: int, site_recipe: dict | None = None):
+    """The round's recipe from the run config, with the site's own augmentation winning."""
     from client.trainer import TrainConfig
+
+    def augment(key: str, default):
+        return (site_recipe or {}).get(key, config.get(key, default))
 
     grains = [int(g) for g in str(config.get("grains", "")).split(",") if g.strip()]
     mkd = bool(config.get("mkd", False))
@@ -49,6 +54,9 @@ def _train_config(config: ConfigRecord, seed: int):
         lr=float(config.get("learning-rate", 0.05)),
         optimizer=str(config.get("optimizer", "sgd")),
         schedule="constant",
+        rotate=float(augment("augment-rotate", 0.0)),
+        rotate_axes=str(augment("augment-axes", "xyz")),
+        scale=float(augment("augment-scale", 0.0)),
         grains=grains if mkd else [],
         lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,
         lambda_kd=float(config.get("lambda_kd", 0.0)) if mkd else 0.0,
@@ -94,7 +102,7 @@ def train(msg: Message, context: Context) -> Message:
     from client.trainer import make_optimizer
     from privacy.dp import BudgetExhausted, dp_requested, train_site
 
-    recipe = _train_config(config, seed=setup.seed + server_round)
+    recipe = _train_config(config, seed=setup.seed + server_round, site_recipe=setup.spec.recipe)
     shared_blocks = int(config.get("shared-blocks", 0))
     personal_epochs = int(config.get("personal-epochs", 0))
     frozen_blocks = int(config.get("frozen-blocks", 0))
@@ -111,6 +119,10 @@ def train(msg: Message, context: Context) -> Message:
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    mix = check_global_mix(float(config.get("global-mix", 1.0)), personal_epochs)
+    own = own_shared(context)
+    if mix < 1 and own is not None and policy != "local":  # after the teacher: it stays the global model
+        blend_towards_global(model, global_shared, own, mix)
 
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
@@ -130,7 +142,9 @@ def train(msg: Message, context: Context) -> Message:
 
     shared, personal = split_parameters(model, policy, shared_blocks)
     keep_personal(context, personal)
-    save_personal(context, config, personal)
+    if mix < 1:
+        keep_own_shared(context, shared)
+    save_personal(context, config, personal, own=shared if mix < 1 else None)
     reply = RecordDict({
         "arrays": shared,
         "metrics": MetricRecord({

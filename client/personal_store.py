@@ -131,8 +131,12 @@ def load_personal(context: Context, config: ConfigRecord, evaluating: bool = Fal
     """Personal parameters from the site's disk for this round, or None.
 
     Training round ``r`` starts from a save of an earlier round; evaluating round ``r``
-    uses the save of round ``r`` itself when there is one.
+    uses the save of round ``r`` itself when there is one. A save that also holds the
+    site's own shared parameters (``global-mix`` below 1) puts them back into
+    ``Context.state`` as well.
     """
+    from client.global_mix import keep_own_shared, split_saved
+
     store = store_for(context)
     if store is None:
         return None
@@ -140,13 +144,25 @@ def load_personal(context: Context, config: ConfigRecord, evaluating: bool = Fal
     arrays = store.load(str(config.get("federation", "")), server_round, model_tag(config))
     if arrays is None:
         return None
+    personal, own = split_saved(arrays)
+    if own:
+        keep_own_shared(context, _record(own))
+    return _record(personal)
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items()))
 
 
-def save_personal(context: Context, config: ConfigRecord, personal: ArrayRecord) -> None:
-    """Write the personal parameters just trained to the site's disk (no-op in simulation)."""
+def save_personal(context: Context, config: ConfigRecord, personal: ArrayRecord,
+                  own: ArrayRecord | None = None) -> None:
+    """Write the personal parameters just trained, and with ``own`` the site's own shared
+    parameters, to the site's disk (no-op in simulation)."""
+    from client.global_mix import OWN_PREFIX
+
     store = store_for(context)
     if store is None:
         return
     arrays = {k: v.numpy() for k, v in personal.items()}
+    arrays.update({OWN_PREFIX + k: v.numpy() for k, v in (own or {}).items()})
     store.save(arrays, str(config.get("federation", "")), int(config.get("server-round", 0)), model_tag(config))

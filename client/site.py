@@ -86,6 +86,8 @@ def build_site_model(setup: SiteSetup, num_classes: int) -> torch.nn.Module:
     seed = setup.seed * 1000 + sum(setup.spec.name.encode()) % 997
     torch.manual_seed(seed)
     config = ModelConfig(**setup.model_config) if setup.model_config else None
+    if "input-range" in setup.spec.recipe:  # parameter-free: the site's own input scaling
+        config = (config or ModelConfig()).with_(input_range=bool(setup.spec.recipe["input-range"]))
     return build_model(get_layout(setup.layout), num_classes, setup.num_persons, config)
 
 

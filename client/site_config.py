@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skeletons.scenario import SiteSpec
+from skeletons.scenario import SITE_RECIPE_KEYS, ScenarioError, SiteSpec, check_site_recipe
 
 if TYPE_CHECKING:
     from privacy.site_anonymization import SiteAnonymization
@@ -32,6 +32,7 @@ KNOWN = {
     "privacy": {"epsilon", "delta", "max_grad_norm", "noise_multiplier", "ledger", "anonymize",
                 "anonymizer_model", "keep_ratio", "mix"},
     "node": {"executor", "runtime_port", "metrics_port", "max_wait_s"},
+    "training": set(SITE_RECIPE_KEYS),
 }
 DATASETS_WITHOUT_FILES = {"synthetic"}
 
@@ -179,6 +180,10 @@ def load_site_config(path: str | Path) -> SiteConfig:
         raise SiteConfigError(f"{source}: [data] layout {layout!r}: {err}") from None
     priv = _table(raw, "privacy", source, required=False)
     anonymization = _anonymization(priv, base, source)
+    try:  # the site's own augmentation and input scaling: they win over the run config's
+        recipe = check_site_recipe(dict(_table(raw, "training", source, required=False)), f"{source}: [training]")
+    except ScenarioError as err:
+        raise SiteConfigError(str(err)) from None
     spec = SiteSpec(
         name=name,
         dataset=dataset,
@@ -188,6 +193,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         partition=_get(data, "partition", dict, source, "data", None),
         split=dict(_get(data, "split", dict, source, "data", {"test_fraction": 0.3, "by": "sample"})),
         anonymize=anonymization.to_dict() if anonymization.enabled else None,
+        recipe=recipe,
     )
 
     privacy = PrivacySettings(

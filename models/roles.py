@@ -86,6 +86,17 @@ def check_frozen_blocks(frozen_blocks: int, num_blocks: int | None = None) -> in
     return _check_depth("frozen-blocks", frozen_blocks, num_blocks, "train every block")
 
 
+def check_global_mix(mix: float, personal_epochs: int = 0) -> float:
+    """``global-mix`` as a float in (0, 1], or a ValueError naming the run-config key."""
+    mix = float(mix)
+    if not 0 < mix <= 1:
+        raise ValueError(f"run config 'global-mix' must be in (0, 1] (1: take the global parameters), got {mix}")
+    if mix < 1 and personal_epochs > 0:
+        raise ValueError("'global-mix' < 1 and 'personal-epochs' > 0 exclude each other: the personal phase "
+                         "is fitted to the received global parameters, not to a blend")
+    return mix
+
+
 def is_frozen(name: str, frozen_blocks: int) -> bool:
     """Whether a site leaves parameter ``name`` untrained under ``frozen-blocks``: the
     input stage and blocks 1..k, the feature extractor a warm start brought in."""

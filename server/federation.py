@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from models.roles import check_frozen_blocks, check_shared_blocks
+from models.roles import check_frozen_blocks, check_global_mix, check_shared_blocks
 from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
@@ -178,6 +178,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     check_frozen_blocks(settings.frozen_blocks, len(model_config["channels"]))
+    check_global_mix(settings.global_mix, settings.personal_epochs)
     if settings.frozen_blocks and not settings.extra.get("initial-model"):
         log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
                     "in those blocks", settings.frozen_blocks)
@@ -217,6 +218,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "batch-size": settings.batch_size,
         "learning-rate": settings.learning_rate,
         "optimizer": settings.optimizer,
+        **settings.augmentation(),
+        "global-mix": settings.global_mix,
         "device": settings.device,
         "federation": str(settings.extra.get("federation", "")),
         "eval-trained": settings.eval_trained,

@@ -21,6 +21,10 @@ class RunSettings:
     learning_rate: float = 0.05
     lr_schedule: str = "constant"  # of the sites' learning rate over rounds: constant or cosine
     optimizer: str = "sgd"
+    # sites' training-time augmentation (client.augment): 0 turns a transform off
+    augment_rotate: float = 0.0  # largest random rotation per axis, degrees
+    augment_axes: str = "xyz"  # axes of that rotation (y is vertical)
+    augment_scale: float = 0.0  # largest random rescaling per axis, a fraction
     eval_every: int = 1
     eval_trained: bool = True  # sites also score their model right after local training
     seed: int = 0
@@ -36,6 +40,7 @@ class RunSettings:
     lambda_kd: float = 0.5
     temperature: float = 2.0
     server_momentum: float = 0.0
+    global_mix: float = 1.0  # sites start a round at own + mix * (global - own) of the shared part
     shared_blocks: int = 0  # 0: every block may be shared; k: blocks after k stay on the sites
     frozen_blocks: int = 0  # k: sites do not train the input stage and blocks 1..k (a warm start's features)
     fraction_train: float = 1.0
@@ -59,6 +64,13 @@ class RunSettings:
             except (TypeError, ValueError):
                 raise ValueError(f"run config {key!r}: cannot read {value!r} as {type(default).__name__}") from None
         return settings
+
+    def augmentation(self) -> dict[str, Any]:
+        """The run-wide ``augment-*`` keys, checked like a site's own recipe."""
+        from skeletons.scenario import check_site_recipe
+
+        return check_site_recipe({"augment-rotate": self.augment_rotate, "augment-axes": self.augment_axes,
+                                  "augment-scale": self.augment_scale}, "run config")
 
     def to_run_config(self) -> dict[str, Any]:
         out = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -39,6 +39,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frozen-blocks", type=int, default=None,
                         help="sites do not train the input stage and blocks 1..K (features from "
                              "--initial-model), so DP noise falls on fewer parameters (0, the default: train all)")
+    parser.add_argument("--global-mix", type=float, default=None,
+                        help="sites start each round at own + MIX * (global - own) of the shared parameters "
+                             "(1, the default: the global ones, as FSAR; e.g. 0.5 keeps half of their own)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "
@@ -83,7 +86,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "batch-size": args.batch_size,
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
-        "frozen-blocks": args.frozen_blocks,
+        "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -110,11 +113,13 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         settings = RunSettings.from_run_config(config)
         from server.federation import model_config_for  # a bad model fails before the engine starts
 
-        from models.roles import check_frozen_blocks, check_shared_blocks
+        from models.roles import check_frozen_blocks, check_global_mix, check_shared_blocks
 
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
         check_shared_blocks(settings.shared_blocks, len(model["channels"]))
         check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
+        check_global_mix(settings.global_mix, settings.personal_epochs)
+        settings.augmentation()
         from server.federation import with_run_anonymization
 
         with_run_anonymization(scenario, settings.extra.get("anonymize"))

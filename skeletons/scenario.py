@@ -19,6 +19,14 @@ from typing import Any
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 log = logging.getLogger(__name__)
 
+# A site's own training choices that leave the model's parameters as they are, so sites
+# with different cameras can augment and normalize differently inside one federation.
+# The run config sets them for every site (the augment-* keys; input-range is the model
+# config's input_range); a site's value wins.
+SITE_RECIPE_KEYS: dict[str, type] = {
+    "augment-rotate": float, "augment-axes": str, "augment-scale": float, "input-range": bool,
+}
+
 REAL_DATASETS = {"nw-ucla", "msr-action3d", "kinder-gator", "ntu", "pyskl", "ctrgcn-npz", "pku-mmd", "uestc"}
 
 
@@ -40,6 +48,7 @@ class SiteSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     anonymize: Any = None  # see privacy.site_anonymization: false, a method, or a table
+    recipe: dict[str, Any] = field(default_factory=dict)  # SITE_RECIPE_KEYS -> value
 
     @property
     def needs_data_root(self) -> bool:
@@ -50,8 +59,8 @@ class SiteSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
     def data_json(self) -> str:
-        """The fields that decide the site's raw arrays: everything but its anonymization."""
-        return json.dumps({k: v for k, v in asdict(self).items() if k != "anonymize"}, sort_keys=True)
+        """The fields that decide the site's raw arrays: everything but its anonymization and recipe."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k not in ("anonymize", "recipe")}, sort_keys=True)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "site") -> "SiteSpec":
@@ -69,7 +78,30 @@ class SiteSpec:
                 SiteAnonymization.parse(raw["anonymize"], f"{where}: anonymize")
             except ValueError as err:
                 raise ScenarioError(str(err)) from None
+        check_site_recipe(raw.get("recipe", {}), f"{where}: recipe")
         return cls(**raw)
+
+
+def check_site_recipe(recipe: Any, where: str) -> dict[str, Any]:
+    """``recipe`` as a table of known keys with values of the right type, or a ScenarioError."""
+    if not isinstance(recipe, dict):
+        raise ScenarioError(f"{where}: expected a table of {', '.join(SITE_RECIPE_KEYS)}, got {recipe!r}")
+    for key, value in recipe.items():
+        kind = SITE_RECIPE_KEYS.get(key)
+        if kind is None:
+            raise ScenarioError(f"{where}: unknown key {key!r}; known: {', '.join(SITE_RECIPE_KEYS)}")
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else isinstance(value, str))
+        if not ok:
+            raise ScenarioError(f"{where}: {key} = {value!r} is not a {kind.__name__}")
+    if not 0 <= recipe.get("augment-rotate", 0) <= 180:
+        raise ScenarioError(f"{where}: augment-rotate = {recipe['augment-rotate']!r}: degrees in [0, 180]")
+    if not 0 <= recipe.get("augment-scale", 0) < 1:
+        raise ScenarioError(f"{where}: augment-scale = {recipe['augment-scale']!r}: a fraction in [0, 1)")
+    axes = recipe.get("augment-axes", "xyz")
+    if not axes or set(axes) - set("xyz"):
+        raise ScenarioError(f"{where}: augment-axes = {axes!r}: letters of 'xyz'")
+    return recipe
 
 
 @dataclass
@@ -207,7 +239,7 @@ def _expand_partition(partition: dict[str, Any], source: str) -> list[dict[str, 
         num_sites = int(part["num_sites"])
     except KeyError as err:
         raise ScenarioError(f"{source}: [partition] is missing field {err.args[0]!r}") from None
-    site_fields = {k: part.pop(k) for k in ("folder", "options", "select", "split", "num_cpus", "num_gpus", "anonymize") if k in part}
+    site_fields = {k: part.pop(k) for k in ("folder", "options", "select", "split", "num_cpus", "num_gpus", "anonymize", "recipe") if k in part}
     prefix = part.pop("site_prefix", f"{scheme}")
     return [
         {"name": f"{prefix}-{i}", "dataset": dataset, "partition": {**part, "index": i}, **site_fields}

@@ -43,10 +43,11 @@ def _state(model) -> dict:
     return {k.removeprefix("_module."): v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def recorded_fsar_rounds(**run_config) -> tuple[list[dict], dict]:
-    """Two rounds of fsar on the tiny scenario with ``run_config`` on top; every local
-    training call recorded (start and end state, teacher, global weights, recipe)."""
-    scenario = load_scenario(TINY)
+def recorded_fsar_rounds(scenario_path: Path = TINY, **run_config) -> tuple[list[dict], dict]:
+    """Two rounds of fsar on the tiny scenario (or ``scenario_path``) with ``run_config`` on
+    top; every local training call recorded (start and end state, teacher, global weights,
+    recipe)."""
+    scenario = load_scenario(scenario_path)
     calls: list[dict] = []
     real_train = trainer.train
 
@@ -57,6 +58,7 @@ def recorded_fsar_rounds(**run_config) -> tuple[list[dict], dict]:
             "global": None if global_shared is None else {k: v.detach().clone() for k, v in global_shared.items()},
             "config": config,
             "num_classes": getattr(model, "_module", model).num_classes,
+            "input_range": getattr(model, "_module", model).config.input_range,
             "dp": hasattr(model, "_module"),  # wrapped by Opacus's GradSampleModule
         })
         out = real_train(model, data, config, teacher=teacher, global_shared=global_shared, **kwargs)
@@ -64,7 +66,7 @@ def recorded_fsar_rounds(**run_config) -> tuple[list[dict], dict]:
         return out
 
     config = dict(scenario.defaults)
-    config.update({"scenario": str(TINY), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
+    config.update({"scenario": str(scenario_path), "strategy": "fsar", "num-server-rounds": 2, "local-epochs": 1,
                    "device": "cpu", **run_config})
     grid = InProcessGrid({i + 1: site_function for i in range(len(scenario.sites))},
                          node_config=lambda nid: {"partition-id": nid - 1})
