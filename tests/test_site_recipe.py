@@ -70,6 +70,13 @@ def test_a_deployed_site_sets_its_recipe_in_site_toml(site_dir):  # noqa: F811
         load_site_config(write(site_dir, SITE + "\n[training]\naugment-scale = 2\n"))
 
 
+def test_hetero_datasets_augments_only_the_cross_view_site():
+    recipes = {s.name: s.recipe for s in load_scenario("hetero-datasets").sites}
+    assert recipes.pop("nw-ucla") == {"augment-rotate": 60, "augment-axes": "xy", "augment-scale": 0.3,
+                                      "input-range": True}
+    assert all(r == {} for r in recipes.values())
+
+
 def test_a_bad_run_wide_augmentation_fails_before_any_round(tmp_path):
     from simulations.run import settings_from_args
     from skeletons.clikit import UserError
