@@ -21,9 +21,17 @@ from test_site_config import arrays, context_for, site_dir  # noqa: F401  (fixtu
 from test_sim_options import parse
 
 
-@pytest.fixture(scope="module")
-def mixed_calls():
-    return recorded_fsar_rounds(**{"global-mix": 0.25, "mu": 0.05})
+DP_SGD = {"dp-noise-multiplier": 0.5, "dp-max-grad-norm": 1.0, "dp-delta": 1e-5}
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "dp-sgd"])
+def mixed_calls(request):
+    """Two rounds with global-mix 0.25, without and with DP-SGD (Opacus wraps the model:
+    what the site keeps must still be its own plain parameter names)."""
+    extra = DP_SGD if request.param else {}
+    calls, results = recorded_fsar_rounds(**{"global-mix": 0.25, "mu": 0.05, **extra})
+    assert all(call["dp"] == request.param for call in calls)
+    return calls, results
 
 
 def test_round_two_starts_between_the_sites_own_and_the_global_shared_parameters(mixed_calls):
