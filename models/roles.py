@@ -21,6 +21,8 @@ KINDS = ("influence", "unique", "topology_scalar", "head", "norm", "backbone")
 PERSONAL_KINDS: dict[str, frozenset[str]] = {
     # FSAR: the unique topology, its weights and the classifier head stay on the site.
     "fsar": frozenset({"unique", "topology_scalar", "head"}),
+    # FSAR for sites that share one label set (run-config share-head): the head is averaged too.
+    "fsar-shared-head": frozenset({"unique", "topology_scalar"}),
     "fedavg": frozenset(),
     "fedavg-local-heads": frozenset({"head"}),
     "fedprox": frozenset(),

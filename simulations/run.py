@@ -42,6 +42,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--global-mix", type=float, default=None,
                         help="sites start each round at own + MIX * (global - own) of the shared parameters "
                              "(1, the default: the global ones, as FSAR; e.g. 0.5 keeps half of their own)")
+    parser.add_argument("--share-head", action="store_true", default=None,
+                        help="fsar over sites with one label set: average the classifier head too "
+                             "(FSAR as published keeps it on each site; other strategies share it "
+                             "whenever the label set is shared)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "
@@ -87,6 +91,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
+        "share-head": args.share_head if strategy == "fsar" else None,  # compare: fsar's runs only
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -120,6 +125,10 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
         check_global_mix(settings.global_mix, settings.personal_epochs)
         settings.augmentation()
+        if settings.share_head:
+            from strategies.registry import check_share_head
+
+            check_share_head(settings.strategy, scenario.shared_label_set)
         from server.federation import with_run_anonymization
 
         with_run_anonymization(scenario, settings.extra.get("anonymize"))

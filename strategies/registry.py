@@ -23,17 +23,34 @@ class StrategyOptions:
     server_momentum: float = 0.0
     server_learning_rate: float = 1.0
     shared_label_set: bool = False  # all sites have the same classes: one head can be shared
+    share_head: bool = False  # fsar: average the head too (needs shared_label_set)
     shared_blocks: int = 0  # 0: every block may be shared; k: deeper blocks stay personal
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def client_policy(name: str, shared_label_set: bool) -> str:
-    """Which parameters stay personal on the site under strategy ``name`` (see models.roles)."""
+def client_policy(name: str, shared_label_set: bool, share_head: bool = False) -> str:
+    """Which parameters stay personal on the site under strategy ``name`` (see models.roles).
+
+    ``share_head`` (fsar only) averages the classifier head as well, for sites that share
+    one label set; FSAR as published keeps it on each site."""
+    if share_head:
+        check_share_head(name, shared_label_set)
+        return "fsar-shared-head"
     if name in ("fedavg", "fedprox"):
         return "fedavg" if shared_label_set else "fedavg-local-heads"
     if name == "fedbn" and not shared_label_set:
         return "fedbn-local-heads"
     return name
+
+
+def check_share_head(name: str, shared_label_set: bool) -> None:
+    """``share-head`` only where it means something: fsar, over sites with one label set."""
+    if name != "fsar":
+        raise ValueError(f"run config 'share-head' applies to fsar only, not {name!r} (fedavg, fedprox and "
+                         "fedbn share the head whenever the sites share one label set)")
+    if not shared_label_set:
+        raise ValueError("run config 'share-head' needs sites with one label set; this scenario's sites "
+                         "read different data sets or class counts, so each keeps its own head")
 
 
 def build_strategy(
@@ -79,7 +96,7 @@ def _build(
     )
     config: dict[str, Any] = {
         "strategy": name,
-        "policy": client_policy(name, options.shared_label_set),
+        "policy": client_policy(name, options.shared_label_set, options.share_head),
         "shared-blocks": check_shared_blocks(options.shared_blocks),
         "mkd": False,
         "mu": 0.0,
