@@ -157,6 +157,13 @@ def run(args: argparse.Namespace) -> int:
     from simulations.engine import simulate
 
     out = Path(args.out)
+    if args.share_head and args.strategy != "fsar":  # compare applies it to fsar's runs only
+        from strategies.registry import check_share_head
+
+        try:
+            check_share_head(args.strategy, shared_label_set=True)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     settings = settings_from_args(args, args.strategy, out)
     scenario = scenario_for_engine(args, settings)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "

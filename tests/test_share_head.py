@@ -10,7 +10,7 @@ from models.roles import parameter_kind, split_state
 from simulations.run import settings_from_args
 from skeletons.clikit import UserError
 from strategies.registry import client_policy
-from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
+from test_fsar_rounds import TINY, recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
 from test_sim_options import parse
 
 
@@ -58,3 +58,11 @@ def test_share_head_is_refused_where_it_means_nothing(tmp_path):
     assert settings_from_args(parse("--share-head"), "fedavg", tmp_path).share_head is False  # compare: fsar only
     with pytest.raises(UserError, match="'share-head' applies to fsar only"):
         settings_from_args(parse("--set", "share-head=true"), "fedprox", tmp_path)
+
+
+def test_fedsar_sim_run_refuses_share_head_for_another_strategy(tmp_path, capsys):
+    from simulations.cli import main
+
+    code = main(["run", "--scenario", str(TINY), "--strategy", "fedavg", "--share-head", "--out", str(tmp_path)])
+    assert code != 0
+    assert "'share-head' applies to fsar only, not 'fedavg'" in capsys.readouterr().err
