@@ -2,7 +2,8 @@
 
 Sites send only what their policy marks shared (the backbone and the influence
 topology ``I``); the unique topology ``U``, the topology scalars and the heads never
-arrive here, so the average is over exactly the shared part. Optional server momentum
+arrive here, so the average is over exactly the shared part (with ``share-head``, over
+sites with one label set, the head is part of it). Optional server momentum
 (FedAvgM) smooths the shared update across rounds. The local recipe (multi-grain
 distillation, proximal term) reaches the sites through the train config.
 """
