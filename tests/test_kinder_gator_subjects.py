@@ -1,0 +1,32 @@
+"""``kinder-gator-subjects`` on the real Kinder-Gator files: one site per participant, every
+site tested on the same held-out participants, and every test motion one the site trained on.
+
+(Each participant performed each motion about once, so a split inside a participant
+would test every site on motions it never saw: 0% by construction.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from client.site import load_site
+from conftest import dataset_dir
+from skeletons.scenario import load_scenario
+
+
+def test_sites_are_participants_tested_on_people_nobody_trained_on(data_root):
+    dataset_dir(data_root, "kinder-gator")
+    scenario = load_scenario("kinder-gator-subjects")
+    assert scenario.shared_label_set and len(scenario.sites) == 16
+    trained: set[str] = set()
+    tested: set[str] | None = None
+    for spec in scenario.sites[:3] + scenario.sites[-2:]:  # children and adults
+        site = load_site(spec, str(data_root), scenario.layout, scenario.num_frames, scenario.num_persons, 0)
+        assert len(set(site.subjects_train)) == 1  # one participant per site
+        trained |= set(site.subjects_train)
+        assert set(np.asarray(site.y_test).tolist()) <= set(np.asarray(site.y_train).tolist())
+        assert len(site.classes) == 58 and len(site.y_test) > 200
+        held_out = set(spec.split["test"]["subject"])
+        assert tested is None or held_out == tested  # the same test participants everywhere
+        tested = held_out
+    assert tested and not trained & tested
