@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.global_mix import blend_towards_global, check_global_mix, keep_own_shared, own_shared
+from client.global_mix import blend_towards_global, keep_own_shared, own_shared
 from client.metrics import record_exchange
 from client.personal_phase import check_personal_epochs, fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
@@ -30,7 +30,7 @@ from client.site import (
     site_setup,
     split_parameters,
 )
-from models.roles import is_frozen
+from models.roles import check_global_mix, is_frozen
 from privacy.central import clipping_when_requested
 from privacy.secagg import secaggplus_when_requested
 

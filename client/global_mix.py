@@ -24,7 +24,6 @@ from typing import Mapping
 import torch
 from flwr.app import ArrayRecord, Context
 
-from models.roles import check_global_mix  # noqa: F401  (the sites' check, beside the coordinator's)
 
 OWN_KEY = "own-shared-parameters"
 OWN_PREFIX = "own-shared/"  # in a deployed site's personal saves

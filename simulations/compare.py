@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from server.settings import RunSettings
 from simulations.run import add_run_options, scenario_for_engine, settings_from_args
 from skeletons.atomic import write_json
 from skeletons.clikit import UserError
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         for seed in seeds:
             args.seed = seed
             run_dir = out / f"{strategy}-seed{seed}"
-            settings = settings_from_args(args, strategy, run_dir)
+            settings = strategy_settings(args, strategy, run_dir)
             print(f"== {strategy}, seed {seed}", flush=True)
             runs.setdefault(strategy, []).append(simulate(scenario_for_engine(args, settings), settings))
     summary = summarize_runs(runs)
@@ -52,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nwrote {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'accuracy.png'}")
     return 0
+
+
+def strategy_settings(args: argparse.Namespace, strategy: str, run_dir: Path) -> RunSettings:
+    """One compared run's settings: ``--share-head`` is fsar's option, the other strategies
+    decide about their head by themselves."""
+    share_head = args.share_head if strategy == "fsar" else None
+    return settings_from_args(argparse.Namespace(**{**vars(args), "share_head": share_head}), strategy, run_dir)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:

@@ -91,7 +91,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
-        "share-head": args.share_head if strategy == "fsar" else None,  # compare: fsar's runs only
+        "share-head": args.share_head,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -157,13 +157,6 @@ def run(args: argparse.Namespace) -> int:
     from simulations.engine import simulate
 
     out = Path(args.out)
-    if args.share_head and args.strategy != "fsar":  # compare applies it to fsar's runs only
-        from strategies.registry import check_share_head
-
-        try:
-            check_share_head(args.strategy, shared_label_set=True)
-        except ValueError as err:
-            raise UserError(str(err)) from None
     settings = settings_from_args(args, args.strategy, out)
     scenario = scenario_for_engine(args, settings)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.roles import parameter_kind, split_state
+from simulations.compare import strategy_settings
 from simulations.run import settings_from_args
 from skeletons.clikit import UserError
 from strategies.registry import client_policy
@@ -55,7 +56,10 @@ def test_share_head_is_refused_where_it_means_nothing(tmp_path):
     with pytest.raises(ValueError, match="'share-head' needs sites with one label set"):
         client_policy("fsar", shared_label_set=False, share_head=True)
     assert settings_from_args(parse("--share-head"), "fsar", tmp_path).share_head is True
-    assert settings_from_args(parse("--share-head"), "fedavg", tmp_path).share_head is False  # compare: fsar only
+    with pytest.raises(UserError, match="'share-head' applies to fsar only, not 'fedavg'"):
+        settings_from_args(parse("--share-head"), "fedavg", tmp_path)
+    assert strategy_settings(parse("--share-head"), "fedavg", tmp_path).share_head is False  # compare: fsar only
+    assert strategy_settings(parse("--share-head"), "fsar", tmp_path).share_head is True
     with pytest.raises(UserError, match="'share-head' applies to fsar only"):
         settings_from_args(parse("--set", "share-head=true"), "fedprox", tmp_path)
 
