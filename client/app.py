@@ -57,6 +57,7 @@ def _train_config(config: ConfigRecord, seed: int, site_recipe: dict | None = No
         rotate=float(augment("augment-rotate", 0.0)),
         rotate_axes=str(augment("augment-axes", "xyz")),
         scale=float(augment("augment-scale", 0.0)),
+        augment_multiplicity=int(augment("augment-multiplicity", 1)),
         grains=grains if mkd else [],
         lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,
         lambda_kd=float(config.get("lambda_kd", 0.0)) if mkd else 0.0,

@@ -45,6 +45,10 @@ class TrainConfig:
     ``grains`` lists the blocks after which the teacher's features enter the student
     (empty: no distillation). ``mu`` weighs the proximal term towards the global shared
     weights. ``mixed_precision`` applies on CUDA only.
+    ``augment_multiplicity = K > 1`` feeds every sample K times per step, each copy
+    augmented on its own; under DP-SGD each sample's K per-copy gradients are averaged
+    before clipping, so the copies cost no privacy and the averaged gradient varies less
+    (augmentation multiplicity). Without DP it is a K times larger batch of copies.
     ``swa_epochs > 0`` turns on stochastic weight averaging: the schedule anneals to
     ``swa_lr_factor`` times the base rate, holds it for the last ``swa_epochs`` epochs
     and the model ends as the average of the weights after each of them (an ensemble of
@@ -65,6 +69,7 @@ class TrainConfig:
     shear: float = 0.0
     temporal_crop: float = 0.0
     rotate_axes: str = "xyz"
+    augment_multiplicity: int = 1
     label_smoothing: float = 0.0
     grains: list[int] = field(default_factory=list)
     lambda_mg: float = 1.0
@@ -100,7 +105,14 @@ class TrainConfig:
         if not 0 < self.swa_lr_factor <= 1:
             raise ValueError(f"TrainConfig.swa_lr_factor must be in (0, 1], got {self.swa_lr_factor}")
         self.grains = [int(g) for g in self.grains]
-        self.augmentation  # validates the strengths
+        augmentation = self.augmentation  # validates the strengths
+        if self.augment_multiplicity > 1 and not augmentation.active:
+            raise ValueError(
+                f"TrainConfig.augment_multiplicity {self.augment_multiplicity} needs an augmentation "
+                "(rotate, scale, shear or temporal_crop): without one every copy is the same"
+            )
+        if self.augment_multiplicity < 1:
+            raise ValueError(f"TrainConfig.augment_multiplicity must be >= 1, got {self.augment_multiplicity}")
 
     @property
     def augmentation(self) -> Augmentation:
@@ -414,6 +426,7 @@ def train(
     scaler = make_scaler(device, config.mixed_precision)
     gen = torch.Generator().manual_seed(config.seed + 1)
     aug = config.augmentation
+    copies = config.augment_multiplicity
     history: list[dict[str, Any]] = []
     averaged = None
     start = time.perf_counter()
@@ -426,6 +439,9 @@ def train(
                 continue
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
+            count = len(y)
+            if copies > 1:
+                x, y = x.repeat_interleave(copies, 0), y.repeat_interleave(copies, 0)
             x = augment(x, aug, gen)
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device, config.mixed_precision):
@@ -436,15 +452,16 @@ def train(
                 raise FloatingPointError(
                     f"training loss became {float(loss)} at epoch {epoch}; lower TrainConfig.lr"
                 )
-            _backward_and_step(loss, model, optimizer, scaler, config.grad_clip)
+            _backward_and_step(loss, model, optimizer, scaler, config.grad_clip,
+                               copies=copies if private else 1)
             if pairs and private and not getattr(optimizer, "_is_last_step_skipped", False):
                 # physical batches that only accumulate (Opacus's BatchMemoryManager) skip it
                 proximal_pull(pairs, config.mu, optimizer.param_groups[0]["lr"])
             scheduler.step()
             steps += 1
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
+            loss_sum += float(loss.detach()) * count
+            correct += float((logits.detach().argmax(1) == y).sum()) / copies
+            seen += count
         record = {
             "epoch": epoch,
             "epochs": config.epochs,
@@ -485,11 +502,29 @@ def _update_average(
     return averaged
 
 
+def average_copies(model: nn.Module, copies: int) -> None:
+    """Replace the per-sample gradients Opacus stored for ``N * copies`` rows (each
+    sample's copies adjacent) by their mean over each sample's copies: DP-SGD then clips
+    one gradient per sample, so extra augmented copies cost no privacy."""
+    for p in unwrap(model).parameters():
+        grads = getattr(p, "grad_sample", None)
+        if grads is None:
+            continue
+        if isinstance(grads, list):
+            grads = torch.cat(grads, dim=0)
+        rows = grads.shape[0]
+        if rows % copies:
+            raise RuntimeError(f"{rows} per-sample gradients are not {copies} copies of whole samples")
+        p.grad_sample = grads.reshape(rows // copies, copies, *grads.shape[1:]).mean(dim=1)
+
+
 def _backward_and_step(
     loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None, grad_clip: float,
+    scaler: torch.amp.GradScaler | None, grad_clip: float, copies: int = 1,
 ) -> None:
     if scaler is not None:
+        if copies > 1:
+            raise ValueError("augment_multiplicity under DP-SGD needs full precision (mixed_precision off)")
         scaler.scale(loss).backward()
         if grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -498,6 +533,8 @@ def _backward_and_step(
         scaler.update()
         return
     loss.backward()
+    if copies > 1:
+        average_copies(model, copies)
     if grad_clip > 0 and not _is_private(optimizer):
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

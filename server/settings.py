@@ -25,6 +25,7 @@ class RunSettings:
     augment_rotate: float = 0.0  # largest random rotation per axis, degrees
     augment_axes: str = "xyz"  # axes of that rotation (y is vertical)
     augment_scale: float = 0.0  # largest random rescaling per axis, a fraction
+    augment_multiplicity: int = 1  # augmented copies of each sample per step (averaged before DP clipping)
     eval_every: int = 1
     eval_trained: bool = True  # sites also score their model right after local training
     seed: int = 0
@@ -71,7 +72,8 @@ class RunSettings:
         from skeletons.scenario import check_site_recipe
 
         return check_site_recipe({"augment-rotate": self.augment_rotate, "augment-axes": self.augment_axes,
-                                  "augment-scale": self.augment_scale}, "run config")
+                                  "augment-scale": self.augment_scale,
+                                  "augment-multiplicity": self.augment_multiplicity}, "run config")
 
     def to_run_config(self) -> dict[str, Any]:
         out = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -8,7 +8,8 @@ from pathlib import Path
 from server.settings import RunSettings
 from simulations.report import site_table
 from skeletons.clikit import UserError
-from skeletons.scenario import Scenario, ScenarioError, builtin_scenarios, resolve_scenario
+from skeletons.scenario import (Scenario, ScenarioError, builtin_scenarios, check_copies_augmented,
+                                resolve_scenario)
 from strategies.registry import STRATEGY_NAMES
 
 
@@ -124,7 +125,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         check_shared_blocks(settings.shared_blocks, len(model["channels"]))
         check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
         check_global_mix(settings.global_mix, settings.personal_epochs)
-        settings.augmentation()
+        run_recipe = settings.augmentation()
+        for site in scenario.sites:
+            check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")
         if settings.share_head:
             from strategies.registry import check_share_head
 

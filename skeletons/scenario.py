@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # The run config sets them for every site (the augment-* keys; input-range is the model
 # config's input_range); a site's value wins.
 SITE_RECIPE_KEYS: dict[str, type] = {
-    "augment-rotate": float, "augment-axes": str, "augment-scale": float, "input-range": bool,
+    "augment-rotate": float, "augment-axes": str, "augment-scale": float, "augment-multiplicity": int,
+    "input-range": bool,
 }
 
 REAL_DATASETS = {"nw-ucla", "msr-action3d", "kinder-gator", "ntu", "pyskl", "ctrgcn-npz", "pku-mmd", "uestc"}
@@ -82,6 +83,15 @@ class SiteSpec:
         return cls(**raw)
 
 
+def check_copies_augmented(recipe: dict[str, Any], where: str) -> None:
+    """A site's effective recipe (run config's keys, then its own) may only ask for several
+    augmented copies of each sample when something augments them."""
+    copies = recipe.get("augment-multiplicity", 1)
+    if copies > 1 and not (recipe.get("augment-rotate") or recipe.get("augment-scale")):
+        raise ScenarioError(f"{where}: augment-multiplicity = {copies!r} needs augment-rotate or augment-scale: "
+                            "without an augmentation every copy is the same")
+
+
 def check_site_recipe(recipe: Any, where: str) -> dict[str, Any]:
     """``recipe`` as a table of known keys with values of the right type, or a ScenarioError."""
     if not isinstance(recipe, dict):
@@ -90,14 +100,18 @@ def check_site_recipe(recipe: Any, where: str) -> dict[str, Any]:
         kind = SITE_RECIPE_KEYS.get(key)
         if kind is None:
             raise ScenarioError(f"{where}: unknown key {key!r}; known: {', '.join(SITE_RECIPE_KEYS)}")
-        ok = isinstance(value, bool) if kind is bool else (
-            isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else isinstance(value, str))
+        if kind is bool or kind is str:
+            ok = isinstance(value, kind)
+        else:
+            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
         if not ok:
             raise ScenarioError(f"{where}: {key} = {value!r} is not a {kind.__name__}")
     if not 0 <= recipe.get("augment-rotate", 0) <= 180:
         raise ScenarioError(f"{where}: augment-rotate = {recipe['augment-rotate']!r}: degrees in [0, 180]")
     if not 0 <= recipe.get("augment-scale", 0) < 1:
         raise ScenarioError(f"{where}: augment-scale = {recipe['augment-scale']!r}: a fraction in [0, 1)")
+    if recipe.get("augment-multiplicity", 1) < 1:
+        raise ScenarioError(f"{where}: augment-multiplicity = {recipe['augment-multiplicity']!r}: copies per sample, >= 1")
     axes = recipe.get("augment-axes", "xyz")
     if not axes or set(axes) - set("xyz"):
         raise ScenarioError(f"{where}: augment-axes = {axes!r}: letters of 'xyz'")

@@ -87,4 +87,5 @@ def test_a_bad_run_wide_augmentation_fails_before_any_round(tmp_path):
     with pytest.raises(UserError, match="run config: augment-axes = 'up'"):
         settings_from_args(parse("--set", "augment-axes=up"), "fsar", tmp_path)
     settings = settings_from_args(parse("--set", "augment-rotate=20", "--set", "augment-axes=y"), "fsar", tmp_path)
-    assert settings.augmentation() == {"augment-rotate": 20.0, "augment-axes": "y", "augment-scale": 0.0}
+    assert settings.augmentation() == {"augment-rotate": 20.0, "augment-axes": "y", "augment-scale": 0.0,
+                                       "augment-multiplicity": 1}
