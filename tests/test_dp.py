@@ -315,3 +315,35 @@ def test_dp_features_bench_pays_the_scale_releases_from_the_same_budget(tmp_path
                                    "--standardize", "dp", "--out", str(out)]) == 0
     for site in json.loads(out.read_text())["sites"].values():
         assert 2.5 < site["dp"]["epsilon"] <= 3.0 + 1e-6
+
+
+def test_dp_noise_bench_reports_each_noise_level_with_the_epsilon_it_spends(tmp_path) -> None:
+    """The noise benchmark trains one site per noise level over the scenario's rounds and
+    reports the epsilon Opacus's accountant gives those steps (infinite for clipping alone)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from privacy import dp_noise_bench
+
+    tiny = Path(__file__).parent / "scenarios" / "tiny.toml"
+    out = tmp_path / "noise.json"
+    assert dp_noise_bench.main(["--scenario", str(tiny), "--site", "side", "--noise", "off,0,0.8,4",
+                                "--rounds", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert [r["noise_multiplier"] for r in runs] == [None, 0.0, 0.8, 4.0]
+    assert runs[0]["epsilon"] is None and math.isinf(runs[1]["epsilon"])
+    assert runs[2]["epsilon"] > runs[3]["epsilon"] > 0
+    assert report["steps"] == 2 * report["recipe"]["epochs"] * round(1 / report["sample_rate"])
+    # the reported epsilon is the one a site's plan targets with that noise
+    z = get_noise_multiplier(target_epsilon=runs[3]["epsilon"], target_delta=1e-5,
+                             sample_rate=report["sample_rate"], steps=report["steps"], epsilon_tolerance=0.01)
+    assert z == pytest.approx(4.0, rel=0.05)
+    assert all(0.0 <= r["top1"] <= 1.0 for r in runs)
+    with pytest.raises(SystemExit, match="'nowhere' is not a site of .*front, side"):
+        dp_noise_bench.main(["--scenario", str(tiny), "--site", "nowhere"])
+    with pytest.raises(argparse.ArgumentTypeError, match="'lots' is neither a number nor 'off'"):
+        dp_noise_bench.parse_noise("0.1,lots")
