@@ -74,6 +74,13 @@ def site_label(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
+def in_site_order(replies: Iterable[Message]) -> list[Message]:
+    """``replies`` sorted by site name, then node id. Replies arrive in whatever order the
+    sites finish, and a float sum depends on its order: adding them up in a fixed order
+    makes a seeded run give the same parameters every time."""
+    return sorted(replies, key=lambda m: (site_label(m), m.metadata.src_node_id))
+
+
 def arrays_nbytes(arrays: ArrayRecord) -> int:
     return int(sum(len(a.data) for a in arrays.values()))
 
@@ -177,7 +184,7 @@ class ScreenedRounds:
         return good
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_site_order(replies)
         record = self.record_for(server_round)
         good = self.screen(server_round, replies, need_arrays=self.sends_arrays())
         record.sites_ok = len(good)
@@ -217,7 +224,7 @@ class ScreenedRounds:
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        good = self.screen(server_round, list(replies), need_arrays=False)
+        good = self.screen(server_round, in_site_order(replies), need_arrays=False)
         record = self.record_for(server_round)
         for msg in good:
             metrics = next(iter(msg.content.metric_records.values()))

@@ -162,3 +162,22 @@ def test_local_sends_the_start_model_with_each_sites_first_train_message():
             trained_since.setdefault(node, rnd)
     assert any(rnd > 1 for rnd in trained_since.values()), trained_since  # the cases this test is for
     assert failed and retried
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fsar"])
+def test_the_average_does_not_depend_on_the_order_replies_arrive_in(name):
+    """Float sums depend on their order: the strategies add the replies up in site order,
+    so the same replies give bit-identical parameters however the engine delivers them."""
+    rng = np.random.default_rng(0)
+    replies = [(ArrayRecord(OrderedDict(w=torch.from_numpy(rng.normal(size=(2, 3)).astype(np.float32) * 10 ** k),
+                                        b=torch.from_numpy(rng.normal(size=3).astype(np.float32)))), 7 + 3 * k, 1 + k)
+               for k in range(6)]
+    results = []
+    for order in (range(6), reversed(range(6)), [3, 0, 5, 1, 4, 2]):
+        strategy = build_strategy(name, StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=1, num_sites=6)
+        strategy._expected = reference()
+        strategy._round_started = time.perf_counter()
+        arrays, _ = strategy.aggregate_train(1, [reply(*replies[i]) for i in order])
+        results.append({k: v.numpy().tobytes() for k, v in arrays.items()})
+        assert list(strategy.history[-1].train) == [f"site-{k}" for k in range(1, 7)]
+    assert results[0] == results[1] == results[2]
