@@ -13,6 +13,7 @@ from client.augment import augment
 from client.trainer import TrainConfig, train
 from skeletons.scenario import ScenarioError, load_scenario
 from test_dp import tiny_data, tiny_model
+from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
 from test_site_recipe import scenario_with_front_recipe
 
 
@@ -115,3 +116,16 @@ def test_the_simulator_refuses_copies_for_a_site_that_does_not_augment(tmp_path)
     settings = settings_from_args(parse("--set", "augment-multiplicity=4", "--set", "augment-scale=0.1"),
                                   "fsar", tmp_path)
     assert settings.augment_multiplicity == 4
+
+
+def test_the_copies_reach_each_sites_trainer_under_dp(tmp_path):
+    """From the scenario (one site's own recipe) and the run config to the site's trainer,
+    through the coordinator's train config, with DP-SGD on."""
+    path = scenario_with_front_recipe(tmp_path, "{ augment-rotate = 30, augment-multiplicity = 3 }")
+    calls, results = recorded_fsar_rounds(path, **{"num-server-rounds": 1, "augment-scale": 0.1,
+                                                   "augment-multiplicity": 2, "dp-noise-multiplier": 1.0})
+    front, side = calls  # one round, the sites in node order
+    assert front["dp"] and side["dp"]
+    assert (front["config"].augment_multiplicity, front["config"].rotate) == (3, 30.0)
+    assert (side["config"].augment_multiplicity, side["config"].scale) == (2, 0.1)
+    assert results["final"]["rounds"] == 1
