@@ -1,7 +1,8 @@
 """``fedsar-sim compare``: several strategies (and seeds) on one scenario, side by side.
 
 Writes ``OUT/<strategy>-seed<k>/results.json`` per run, ``OUT/comparison.md`` (per-site
-and mean top-1, mean and spread over seeds, uplink per round, simulation overhead),
+and mean top-1, mean and spread over seeds, uplink per round, simulation overhead; with
+several seeds, each strategy's paired difference from the first one listed),
 ``OUT/comparison.json`` and ``OUT/accuracy.png`` (mean site accuracy per round).
 """
 
@@ -45,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"== {strategy}, seed {seed}", flush=True)
             runs.setdefault(strategy, []).append(simulate(scenario_for_engine(args, settings), settings))
     summary = summarize_runs(runs)
-    write_json(out / "comparison.json", summary)
+    differences = paired_differences(runs, strategies[0])
+    write_json(out / "comparison.json", {**summary, "paired_differences": differences} if differences else summary)
     table = comparison_table(summary)
+    if differences:
+        table += "\n\n" + differences_table(differences, strategies[0])
     (out / "comparison.md").write_text(table + "\n")
     plot_rounds(runs, out / "accuracy.png")
     print()
@@ -111,6 +115,52 @@ def comparison_table(summary: dict[str, Any]) -> str:
                 f"| {strategy} | {label} | " + " | ".join(cells) + f" | **{_fmt(s[mean_key])}** | "
                 f"{s['uplink_bytes_per_round'] / 1e6:.2f} MB | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
             )
+    return "\n".join(lines)
+
+
+EVALUATIONS = (("global + personal", "mean_accuracy"), ("after local training", "mean_trained_accuracy"))
+
+
+def paired_differences(runs: dict[str, list[dict[str, Any]]], reference: str) -> dict[str, Any]:
+    """Each other strategy minus ``reference`` in mean site top-1, seed by seed, for both
+    evaluations. A seed fixes the data splits and initial models for every strategy, so
+    pairing by seed takes the spread between seeds out of the comparison. Per pair: the
+    differences, their mean, a 95% t-interval (two or more seeds) and the seeds ahead.
+    Empty when no strategy shares two seeds with ``reference``."""
+    from scipy import stats
+
+    def by_seed(results: list[dict[str, Any]], key: str) -> dict[int, float]:
+        return {int(r["settings"]["seed"]): r["final"][key] for r in results if r["final"].get(key) is not None}
+
+    out: dict[str, Any] = {}
+    for strategy, results in runs.items():
+        if strategy == reference:
+            continue
+        for label, key in EVALUATIONS:
+            mine, theirs = by_seed(results, key), by_seed(runs[reference], key)
+            seeds = sorted(set(mine) & set(theirs))
+            if len(seeds) < 2:
+                continue
+            diffs = [mine[k] - theirs[k] for k in seeds]
+            mean = statistics.fmean(diffs)
+            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / len(diffs) ** 0.5
+            out.setdefault(strategy, {})[label] = {
+                "seeds": seeds, "differences": diffs, "mean": mean, "ci95": [mean - half, mean + half],
+                "ahead": sum(d > 0 for d in diffs),
+            }
+    return out
+
+
+def differences_table(differences: dict[str, Any], reference: str) -> str:
+    """Markdown rows of :func:`paired_differences`, in points of mean site top-1."""
+    lines = [f"| strategy minus {reference} | evaluated | per seed | mean | 95% interval | ahead in |",
+             "|---|---|---|---:|---|---:|"]
+    for strategy, views in differences.items():
+        for label, d in views.items():
+            per_seed = ", ".join(f"{100 * x:+.1f}" for x in d["differences"])
+            low, high = d["ci95"]
+            lines.append(f"| {strategy} | {label} | {per_seed} | **{100 * d['mean']:+.1f}** | "
+                         f"{100 * low:+.1f} to {100 * high:+.1f} | {d['ahead']} of {len(d['seeds'])} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.compare import comparison_table, summarize_runs
+from simulations.compare import comparison_table, differences_table, paired_differences, summarize_runs
 from simulations.run import add_arguments, scenario_for_engine, settings_from_args
 from skeletons.clikit import UserError
 
@@ -81,3 +81,27 @@ def test_comparison_without_trained_accuracy_has_one_view():
         site.pop("trained_accuracy")
     table = comparison_table(summarize_runs({"fedavg": [old]}))
     assert "global + personal" in table and "after local training" not in table
+
+
+def test_comparison_pairs_strategies_by_seed():
+    """fedavg minus fsar seed by seed: differences, their mean, a t-interval and the seeds
+    ahead; a seed only one of them ran is left out."""
+    runs = {
+        "fsar": [_result(0, 0.5, 0.3, 0.6), _result(1, 0.7, 0.5, 0.6), _result(2, 0.6, 0.4, 0.6)],
+        "fedavg": [_result(1, 0.8, 0.6, 0.5), _result(0, 0.6, 0.4, 0.5), _result(2, 0.5, 0.3, 0.5),
+                   _result(7, 0.9, 0.9)],
+    }
+    diffs = paired_differences(runs, "fsar")
+    d = diffs["fedavg"]["global + personal"]
+    assert d["seeds"] == [0, 1, 2]
+    assert d["differences"] == pytest.approx([0.1, 0.1, -0.1])
+    assert d["mean"] == pytest.approx(0.1 / 3)
+    # t(0.975, 2) = 4.303; sample stdev of (0.1, 0.1, -0.1) = 0.11547
+    half = 4.303 * 0.11547 / 3 ** 0.5
+    assert d["ci95"] == pytest.approx([0.1 / 3 - half, 0.1 / 3 + half], rel=1e-3)
+    assert d["ahead"] == 2
+    trained = diffs["fedavg"]["after local training"]
+    assert trained["differences"] == pytest.approx([-0.1] * 3) and trained["ahead"] == 0
+    table = differences_table(diffs, "fsar")
+    assert "| fedavg | global + personal | +10.0, +10.0, -10.0 | **+3.3** | -25.4 to +32.0 | 2 of 3 |" in table
+    assert paired_differences({"fsar": runs["fsar"][:1], "fedavg": runs["fedavg"][:1]}, "fsar") == {}
