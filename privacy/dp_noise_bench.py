@@ -44,7 +44,7 @@ def epsilon_spent(noise: float, sample_rate: float, steps: int, delta: float) ->
 def site_recipe(scenario: Scenario, spec: SiteSpec, args: argparse.Namespace) -> TrainConfig:
     """The scenario's training defaults with the site's own augmentation, as a site trains."""
     defaults = scenario.defaults
-    recipe = spec.recipe
+    recipe = {**{k: v for k, v in defaults.items() if k.startswith("augment-")}, **spec.recipe}
     return TrainConfig(
         epochs=args.local_epochs or int(defaults.get("local-epochs", 1)),
         batch_size=args.batch_size or int(defaults.get("batch-size", 16)),
@@ -54,6 +54,7 @@ def site_recipe(scenario: Scenario, spec: SiteSpec, args: argparse.Namespace) ->
         rotate=float(recipe.get("augment-rotate", 0.0)),
         rotate_axes=str(recipe.get("augment-axes", "xyz")),
         scale=float(recipe.get("augment-scale", 0.0)),
+        augment_multiplicity=int(recipe.get("augment-multiplicity", 1)),
         device="cpu",
         seed=args.seed,
     )
