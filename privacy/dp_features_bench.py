@@ -166,7 +166,7 @@ def run_bench(scenario: Scenario, data_root: str | None, args: argparse.Namespac
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skeletons.scenario import ScenarioError, resolve_scenario
+    from skeletons.scenario import ScenarioError, scenario_with_data
 
     parser = argparse.ArgumentParser(prog="python -m privacy.dp_features_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, help="built-in scenario name or a .toml path")
@@ -190,11 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epsilon must be > 0, --epochs and --batch-size >= 1")
     torch.set_num_threads(1)
     try:
-        scenario = resolve_scenario(args.scenario)
+        scenario = scenario_with_data(args.scenario, args.data_root)
     except ScenarioError as err:
         parser.error(str(err))
-    if scenario.needs_data_root and not args.data_root:
-        parser.error(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
     report = run_bench(scenario, args.data_root, args)
     report["scenario"] = scenario.name
     print(f"\n{scenario.name}: mean {100 * report['mean_no_dp']:.1f}% without DP, "

@@ -142,7 +142,7 @@ def parse_noise(text: str) -> list[float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skeletons.scenario import ScenarioError, resolve_scenario
+    from skeletons.scenario import ScenarioError, scenario_with_data
 
     parser = argparse.ArgumentParser(prog="python -m privacy.dp_noise_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, help="built-in scenario name or a .toml path")
@@ -166,11 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                      "and --lr >= 0")
     torch.set_num_threads(1)
     try:
-        scenario = resolve_scenario(args.scenario)
+        scenario = scenario_with_data(args.scenario, args.data_root)
     except ScenarioError as err:
         parser.error(str(err))
-    if scenario.needs_data_root and not args.data_root:
-        parser.error(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
     report = run_bench(scenario, args.data_root, args)
     write_report(args.out, report)
     return 0

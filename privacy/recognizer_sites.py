@@ -52,7 +52,7 @@ def site_top1(scenario: Scenario, data_root: str | None, config: AnonymizerConfi
 
 def main(argv: list[str] | None = None) -> int:
     from skeletons.clikit import UserError
-    from skeletons.scenario import ScenarioError, resolve_scenario
+    from skeletons.scenario import ScenarioError, scenario_with_data
 
     parser = argparse.ArgumentParser(prog="python -m privacy.recognizer_sites", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, help="built-in scenario name or a .toml path")
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     try:
-        scenario = resolve_scenario(args.scenario)
-        if scenario.needs_data_root and not args.data_root:
-            raise UserError(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
+        scenario = scenario_with_data(args.scenario, args.data_root)
         report = site_top1(scenario, args.data_root, AnonymizerConfig(seed=args.seed), args.seed)
     except (ScenarioError, UserError) as err:
         parser.error(str(err))

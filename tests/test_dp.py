@@ -317,7 +317,7 @@ def test_dp_features_bench_pays_the_scale_releases_from_the_same_budget(tmp_path
         assert 2.5 < site["dp"]["epsilon"] <= 3.0 + 1e-6
 
 
-def test_dp_noise_bench_reports_each_noise_level_with_the_epsilon_it_spends(tmp_path) -> None:
+def test_dp_noise_bench_reports_each_noise_level_with_the_epsilon_it_spends(tmp_path, capsys) -> None:
     """The noise benchmark trains one site per noise level over the scenario's rounds and
     reports the epsilon Opacus's accountant gives those steps (infinite for clipping alone)."""
     import argparse
@@ -347,3 +347,6 @@ def test_dp_noise_bench_reports_each_noise_level_with_the_epsilon_it_spends(tmp_
         dp_noise_bench.main(["--scenario", str(tiny), "--site", "nowhere"])
     with pytest.raises(argparse.ArgumentTypeError, match="'lots' is neither a number nor 'off'"):
         dp_noise_bench.parse_noise("0.1,lots")
+    with pytest.raises(SystemExit):
+        dp_noise_bench.main(["--scenario", "hetero-datasets", "--site", "nw-ucla"])
+    assert "reads real data sets: give --data-root DIR" in capsys.readouterr().err
