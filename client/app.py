@@ -26,6 +26,7 @@ from client.site import (
     keep_personal,
     load_parameters,
     personal_from_state,
+    round_train_config,
     site_data,
     site_setup,
     split_parameters,
@@ -37,35 +38,6 @@ from privacy.secagg import secaggplus_when_requested
 log = logging.getLogger(__name__)
 
 app = ClientApp()
-
-
-def _train_config(config: ConfigRecord, seed: int, site_recipe: dict | None = None):
-    """The round's recipe from the run config, with the site's own augmentation winning."""
-    from client.trainer import TrainConfig
-
-    def augment(key: str, default):
-        return (site_recipe or {}).get(key, config.get(key, default))
-
-    grains = [int(g) for g in str(config.get("grains", "")).split(",") if g.strip()]
-    mkd = bool(config.get("mkd", False))
-    return TrainConfig(
-        epochs=int(config.get("local-epochs", 1)),
-        batch_size=int(config.get("batch-size", 32)),
-        lr=float(config.get("learning-rate", 0.05)),
-        optimizer=str(config.get("optimizer", "sgd")),
-        schedule="constant",
-        rotate=float(augment("augment-rotate", 0.0)),
-        rotate_axes=str(augment("augment-axes", "xyz")),
-        scale=float(augment("augment-scale", 0.0)),
-        augment_multiplicity=int(augment("augment-multiplicity", 1)),
-        grains=grains if mkd else [],
-        lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,
-        lambda_kd=float(config.get("lambda_kd", 0.0)) if mkd else 0.0,
-        temperature=float(config.get("temperature", 2.0)),
-        mu=float(config.get("mu", config.get("proximal-mu", 0.0))),
-        device=str(config.get("device", "auto")),
-        seed=seed,
-    )
 
 
 def _unless_own_model(received: ArrayRecord, personal: ArrayRecord | None, policy: str) -> ArrayRecord:
@@ -103,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
     from client.trainer import make_optimizer
     from privacy.dp import BudgetExhausted, dp_requested, train_site
 
-    recipe = _train_config(config, seed=setup.seed + server_round, site_recipe=setup.spec.recipe)
+    recipe = round_train_config(config, seed=setup.seed + server_round, site_recipe=setup.spec.recipe)
     shared_blocks = int(config.get("shared-blocks", 0))
     personal_epochs = int(config.get("personal-epochs", 0))
     frozen_blocks = int(config.get("frozen-blocks", 0))

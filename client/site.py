@@ -12,7 +12,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -77,6 +77,36 @@ def site_data(setup: SiteSetup) -> SiteArrays:
     setting = SiteAnonymization.parse(setup.spec.anonymize, f"site {setup.spec.name!r}: anonymize")
     key = json.dumps([setup.spec.data_json(), setup.data_root, setup.num_frames, setup.num_persons])
     return protect_site(arrays, setting, setup.layout, setup.seed, setup.state_dir, key=key)
+
+
+def round_train_config(config: Mapping[str, Any], seed: int, site_recipe: Mapping[str, Any] | None = None):
+    """A round's local training recipe from the train config the coordinator sends (or any
+    mapping of the same keys), with the site's own augmentation winning."""
+    from client.trainer import TrainConfig
+
+    def augment(key: str, default):
+        return (site_recipe or {}).get(key, config.get(key, default))
+
+    grains = [int(g) for g in str(config.get("grains", "")).split(",") if g.strip()]
+    mkd = bool(config.get("mkd", False))
+    return TrainConfig(
+        epochs=int(config.get("local-epochs", 1)),
+        batch_size=int(config.get("batch-size", 32)),
+        lr=float(config.get("learning-rate", 0.05)),
+        optimizer=str(config.get("optimizer", "sgd")),
+        schedule="constant",
+        rotate=float(augment("augment-rotate", 0.0)),
+        rotate_axes=str(augment("augment-axes", "xyz")),
+        scale=float(augment("augment-scale", 0.0)),
+        augment_multiplicity=int(augment("augment-multiplicity", 1)),
+        grains=grains if mkd else [],
+        lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,
+        lambda_kd=float(config.get("lambda_kd", 0.0)) if mkd else 0.0,
+        temperature=float(config.get("temperature", 2.0)),
+        mu=float(config.get("mu", config.get("proximal-mu", 0.0))),
+        device=str(config.get("device", "auto")),
+        seed=seed,
+    )
 
 
 def build_site_model(setup: SiteSetup, num_classes: int) -> torch.nn.Module:

@@ -522,19 +522,16 @@ def _backward_and_step(
     loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None, grad_clip: float, copies: int = 1,
 ) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if copies > 1:
+        average_copies(model, copies)
     if scaler is not None:
-        if copies > 1:
-            raise ValueError("augment_multiplicity under DP-SGD needs full precision (mixed_precision off)")
-        scaler.scale(loss).backward()
         if grad_clip > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
         return
-    loss.backward()
-    if copies > 1:
-        average_copies(model, copies)
     if grad_clip > 0 and not _is_private(optimizer):
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

@@ -166,7 +166,7 @@ def run_bench(scenario: Scenario, data_root: str | None, args: argparse.Namespac
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skeletons.scenario import ScenarioError, scenario_with_data
+    from skeletons.scenario import scenario_for_command
 
     parser = argparse.ArgumentParser(prog="python -m privacy.dp_features_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, help="built-in scenario name or a .toml path")
@@ -189,10 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epsilon <= 0 or args.epochs < 1 or args.batch_size < 1:
         parser.error("--epsilon must be > 0, --epochs and --batch-size >= 1")
     torch.set_num_threads(1)
-    try:
-        scenario = scenario_with_data(args.scenario, args.data_root)
-    except ScenarioError as err:
-        parser.error(str(err))
+    scenario = scenario_for_command(parser, args.scenario, args.data_root)
     report = run_bench(scenario, args.data_root, args)
     report["scenario"] = scenario.name
     print(f"\n{scenario.name}: mean {100 * report['mean_no_dp']:.1f}% without DP, "

@@ -42,22 +42,14 @@ def epsilon_spent(noise: float, sample_rate: float, steps: int, delta: float) ->
 
 
 def site_recipe(scenario: Scenario, spec: SiteSpec, args: argparse.Namespace) -> TrainConfig:
-    """The scenario's training defaults with the site's own augmentation, as a site trains."""
-    defaults = scenario.defaults
-    recipe = {**{k: v for k, v in defaults.items() if k.startswith("augment-")}, **spec.recipe}
-    return TrainConfig(
-        epochs=args.local_epochs or int(defaults.get("local-epochs", 1)),
-        batch_size=args.batch_size or int(defaults.get("batch-size", 16)),
-        lr=args.lr or float(defaults.get("learning-rate", 0.002)),
-        optimizer=args.optimizer or str(defaults.get("optimizer", "adamw")),
-        schedule="constant",
-        rotate=float(recipe.get("augment-rotate", 0.0)),
-        rotate_axes=str(recipe.get("augment-axes", "xyz")),
-        scale=float(recipe.get("augment-scale", 0.0)),
-        augment_multiplicity=int(recipe.get("augment-multiplicity", 1)),
-        device="cpu",
-        seed=args.seed,
-    )
+    """A round's recipe as the site builds it from the scenario's run config (its own
+    augmentation winning), with this command's overrides; no distillation, on the CPU."""
+    from client.site import round_train_config
+
+    overrides = {"local-epochs": args.local_epochs, "batch-size": args.batch_size, "learning-rate": args.lr,
+                 "optimizer": args.optimizer}
+    config = {**scenario.defaults, **{k: v for k, v in overrides.items() if v}, "mkd": False, "device": "cpu"}
+    return round_train_config(config, seed=args.seed, site_recipe=spec.recipe)
 
 
 def site_model(scenario: Scenario, spec: SiteSpec, arrays: SiteArrays, seed: int) -> torch.nn.Module:
@@ -78,17 +70,17 @@ def one_run(scenario: Scenario, spec: SiteSpec, arrays: SiteArrays, recipe: Trai
     with this noise multiplier."""
     from dataclasses import replace
 
+    from opacus import PrivacyEngine
+
     model = site_model(scenario, spec, arrays, recipe.seed)
     x = torch.as_tensor(np.asarray(arrays.x_train, dtype=np.float32))
     y = torch.as_tensor(np.asarray(arrays.y_train, dtype=np.int64))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=recipe.batch_size)
     for round_ in range(1, rounds + 1):
         this_round = replace(recipe, seed=recipe.seed + round_)
         if noise is None:
             train(model, (x, y), this_round)
             continue
-        from opacus import PrivacyEngine
-
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=recipe.batch_size)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -142,7 +134,7 @@ def parse_noise(text: str) -> list[float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skeletons.scenario import ScenarioError, scenario_with_data
+    from skeletons.scenario import scenario_for_command
 
     parser = argparse.ArgumentParser(prog="python -m privacy.dp_noise_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, help="built-in scenario name or a .toml path")
@@ -165,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-grad-norm must be > 0, --delta in (0, 1); --rounds, --local-epochs, --batch-size "
                      "and --lr >= 0")
     torch.set_num_threads(1)
-    try:
-        scenario = scenario_with_data(args.scenario, args.data_root)
-    except ScenarioError as err:
-        parser.error(str(err))
+    scenario = scenario_for_command(parser, args.scenario, args.data_root)
     report = run_bench(scenario, args.data_root, args)
     write_report(args.out, report)
     return 0

@@ -52,7 +52,7 @@ def site_top1(scenario: Scenario, data_root: str | None, config: AnonymizerConfi
 
 def main(argv: list[str] | None = None) -> int:
     from skeletons.clikit import UserError
-    from skeletons.scenario import ScenarioError, scenario_with_data
+    from skeletons.scenario import ScenarioError, scenario_for_command
 
     parser = argparse.ArgumentParser(prog="python -m privacy.recognizer_sites", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, help="built-in scenario name or a .toml path")
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    scenario = scenario_for_command(parser, args.scenario, args.data_root)
     try:
-        scenario = scenario_with_data(args.scenario, args.data_root)
         report = site_top1(scenario, args.data_root, AnonymizerConfig(seed=args.seed), args.seed)
     except (ScenarioError, UserError) as err:
         parser.error(str(err))

@@ -245,12 +245,15 @@ def resolve_scenario(name_or_path: str | Path, paths_file: str | Path | None = N
     return apply_paths(scenario, paths_file) if paths_file else scenario
 
 
-def scenario_with_data(name: str, data_root: str | None) -> Scenario:
-    """The scenario a benchmark command names, refused with a ScenarioError when it reads
-    real data sets and no ``--data-root`` was given."""
-    scenario = resolve_scenario(name)
+def scenario_for_command(parser: Any, name: str, data_root: str | None) -> Scenario:
+    """The scenario a benchmark command names, or ``parser.error`` (argparse's usage error)
+    naming the file or field, or the missing ``--data-root`` of a scenario on real data."""
+    try:
+        scenario = resolve_scenario(name)
+    except ScenarioError as err:
+        parser.error(str(err))
     if scenario.needs_data_root and not data_root:
-        raise ScenarioError(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
+        parser.error(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
     return scenario
 
 
