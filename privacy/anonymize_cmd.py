@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fit a learned anonymizer on this data set and save it here first")
     parser.add_argument("--privacy-weights", type=floats, default=(AnonymizerConfig.privacy_weight,),
                         help="privacy weight for --fit-model (first value)")
-    parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs)
+    parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs,
+                        help="epochs of adversarial training of the token scorer and displacement "
+                             "(default 0: off; only the action recognizers and prototypes are fitted)")
     parser.add_argument("--keep-subjects", action="store_true", help="write real subject ids (default: pseudonyms)")
     parser.add_argument("--keep-attributes", action="store_true", help="write attributes such as sex and age")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

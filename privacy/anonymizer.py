@@ -19,6 +19,13 @@ A token is one joint over a window of ``window`` frames. The :class:`Anonymizer`
    restores the canonical bone lengths. The prototypes are averages over the site's
    subjects; they stay in the model file, which therefore stays on the site.
 
+By default (``epochs=0``) only the recognizer and the prototypes are fitted: the scorer
+and the displacement keep their initial state (the displacement is zero), and the
+output is the sparsified canonical body blended with share ``mix = 0.9`` of the
+predicted action's prototype. Against freshly trained attackers the adversarially
+trained displacement left more identity than none at equal action accuracy (Kinder-Gator,
+BENCHMARKS.md), so it is an option for experiments (``epochs > 0``), not the default.
+
 Training (:func:`fit_anonymizer`) alternates between adversaries and the anonymizer.
 The privacy adversary (a re-identifier with attribute heads: a motion CNN plus an MLP on
 per-sequence statistics) is trained on the anonymizer's current output,
@@ -93,7 +100,7 @@ class AnonymizerConfig:
     window: int = 4
     channels: int = 32
     blocks: int = 2
-    epochs: int = 4
+    epochs: int = 0  # adversarial training of scorer and displacement (0: off, see the module docstring)
     batch_size: int = 32
     lr: float = 2e-3
     adversary_lr: float = 2e-3
@@ -109,7 +116,7 @@ class AnonymizerConfig:
     reconstruction_weight: float = 0.5
     smoothness_weight: float = 1.0
     prototype_weight: float = 0.0
-    mix: float = 0.8  # share of the predicted action's prototype in the output (0: none)
+    mix: float = 0.9  # share of the predicted action's prototype in the output (0: none)
     prototype_choice: str = "hard"  # "hard": the most likely action's; "soft": probability-weighted
     num_classes: int = 0  # set by fit_anonymizer: actions, persons and frames of the
     num_persons: int = 1  # prototypes the model carries
@@ -124,6 +131,8 @@ class AnonymizerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.bones, dict):
             self.bones = BoneNormalizeConfig.from_dict(self.bones)
+        if self.epochs < 0:
+            raise ValueError(f"AnonymizerConfig.epochs must be >= 0, got {self.epochs}")
         if self.window < 1:
             raise ValueError(f"AnonymizerConfig.window must be >= 1, got {self.window}")
         if self.prototype_choice not in ("hard", "soft"):
@@ -459,13 +468,28 @@ def _privacy_term(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torc
     return -torch.clamp(ce, max=2.0 * math.log(logits.shape[1]))
 
 
-def _action_prototypes(xn: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Mean canonical-body sequence of every action ``[K,3,T,V,M]``: the average performer."""
-    k = int(actions.max()) + 1
+def _action_prototypes(xn: torch.Tensor, actions: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean canonical-body sequence of each of ``k`` actions ``[K,3,T,V,M]``: the average performer."""
     sums = torch.zeros((k,) + tuple(xn.shape[1:]))
     sums.index_add_(0, actions, xn)
     counts = torch.bincount(actions, minlength=k).clamp_min(1).float()
     return sums / counts.view(-1, 1, 1, 1, 1)
+
+
+def _pool_prototypes(pool: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], num_actions: int,
+                     layout: Layout, bones: BoneNormalizeConfig) -> torch.Tensor:
+    """Prototypes from ``pool``; every action of the training data must occur in it."""
+    px, pa = pool
+    if tuple(px.shape[1:]) != tuple(shape[1:]):
+        raise ValueError(f"prototype pool arrays are {tuple(px.shape[1:])} per sequence, "
+                         f"the training data {tuple(shape[1:])}")
+    pa = _codes("prototype pool actions", pa, len(px))
+    missing = sorted(set(range(num_actions)) - set(pa.tolist()))
+    if missing:
+        raise ValueError(f"prototype pool has no performance of action code(s) {missing[:10]}")
+    keep = pa < num_actions  # actions the training data never shows have no recognizer output
+    xn = torch.from_numpy(normalize_bones(px[keep], layout, bones))
+    return _action_prototypes(xn, torch.from_numpy(pa[keep]), num_actions)
 
 
 def _roughness(out: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
@@ -527,12 +551,16 @@ def fit_anonymizer(
     layout: Layout,
     config: AnonymizerConfig | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    prototype_pool: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Anonymizer:
     """Train an anonymizer on a site's own data.
 
     ``actions`` and ``subjects`` are integer codes ``[N]``; ``attributes`` maps a name to
     integer codes ``[N]`` (negative = unknown). The adversaries live only inside this
-    function.
+    function. ``prototype_pool`` (sequences, action codes) gives the performances whose
+    canonical-body means become the prototypes (default: the training data): the audit
+    passes all of a data set's people, as a site's one model averages over all of its own,
+    while the recognizer and the network still learn from the training people only.
     """
     cfg = config or AnonymizerConfig()
     actions = _codes("actions", actions, len(x))
@@ -552,7 +580,9 @@ def fit_anonymizer(
     model = Anonymizer(layout, cfg)
     priv_classes = [int(subjects.max()) + 1] + [max(1, int(a.max()) + 1) for a in attr_codes]
     y_act = torch.from_numpy(actions)
-    prototypes = _action_prototypes(xn, y_act)
+    prototypes = _action_prototypes(xn, y_act, num_actions)
+    if prototype_pool is not None:
+        prototypes = _pool_prototypes(prototype_pool, x.shape, num_actions, layout, cfg.bones)
     y_priv = torch.from_numpy(np.stack([subjects] + attr_codes, axis=1))
     channels = 3 * layout.num_joints * x.shape[4]
 

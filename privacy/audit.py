@@ -19,10 +19,14 @@ Protocols (``AuditData`` carries one sequence per row):
 :func:`run_audit` adds anonymization: bone normalization and/or the learned anonymizer,
 fitted by cross-fitting over subjects (each subject is anonymized by a model that never
 saw them) and swept over keep ratios, prototype mixes and privacy weights. Different
-models leave different traces, which would let an attacker tell the models' groups of
-subjects apart; a site runs one model, so with cross-fitting re-identification and
-linkage are measured within each model's group, for raw and protected data alike
-(chance ``1/group size``).
+models may leave different traces, which would let an attacker tell the models' groups
+of subjects apart; a site runs one model, so such a trace is an artifact of the audit.
+By default every model paints the same prototypes (averaged over all subjects, as a
+site's one model averages over all of its people), and where the models then differ only
+in which prototype their recognizer picks (the network untrained, ``epochs=0``),
+re-identification and linkage are measured among all subjects; where a trained network
+could leave its own trace, within each model's group, for raw and protected data alike
+(chance ``1/group size``). ``AuditPlan.reid_scope`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -356,10 +360,16 @@ def audit_arrays(data: AuditData, config: AuditConfig | None = None,
 def cross_fit_anonymize(data: AuditData, config: AnonymizerConfig, keep_ratios: Sequence[float],
                         folds: int = 2, attributes: Sequence[str] | None = None,
                         progress: Callable[[str], None] | None = None,
-                        mixes: Sequence[float] | None = None) -> dict[tuple[float, float], np.ndarray]:
+                        mixes: Sequence[float] | None = None,
+                        shared_prototypes: bool = False) -> dict[tuple[float, float], np.ndarray]:
     """Protected arrays per (keep ratio, prototype mix); each subject's sequences are
     anonymized by a model trained on the other folds' subjects only (``folds=1``: one
-    model fitted on all, which then has seen the audited people)."""
+    model fitted on all, which then has seen the audited people).
+
+    ``shared_prototypes``: every model paints the prototypes of all subjects (what a
+    site's single model does) instead of its training subjects' own, so the models'
+    outputs share one vocabulary of motions and an attacker cannot tell them apart by it.
+    """
     names = sorted(attributes if attributes is not None else data.attributes)
     mixes = [config.mix] if mixes is None else list(mixes)
     out = {(float(k), float(m)): np.zeros_like(data.x) for k in keep_ratios for m in mixes}
@@ -370,7 +380,9 @@ def cross_fit_anonymize(data: AuditData, config: AnonymizerConfig, keep_ratios: 
         subj = np.unique(data.subjects[train], return_inverse=True)[1]
         attrs = {a: data.attribute_codes(a)[0][train] for a in names}
         t0 = time.perf_counter()
-        model = fit_anonymizer(data.x[train], data.actions[train], subj, attrs, data.layout, config)
+        pool = (data.x, data.actions) if shared_prototypes else None
+        model = fit_anonymizer(data.x[train], data.actions[train], subj, attrs, data.layout, config,
+                               prototype_pool=pool)
         if progress:
             progress(f"anonymizer fold {int(f) + 1}/{len(np.unique(fold))} fitted in {time.perf_counter() - t0:.0f}s")
         for k, m in out:
@@ -402,9 +414,15 @@ class AuditPlan:
     mixes: tuple[float, ...] = (AnonymizerConfig.mix,)
     bones: BoneNormalizeConfig = field(default_factory=BoneNormalizeConfig)
     anonymizer: AnonymizerConfig = field(default_factory=AnonymizerConfig)
-    anonymizer_folds: int = 2
+    anonymizer_folds: int = 4  # each model learns from 3/4 of the subjects
+    shared_prototypes: bool = True  # see cross_fit_anonymize
+    reid_scope: str = "auto"  # "group": within each cross-fitted model's subjects; "all": everyone
 
     def __post_init__(self) -> None:
+        if self.reid_scope not in ("auto", "group", "all"):
+            raise ValueError(f"re-identification scope must be auto, group or all, not {self.reid_scope!r}")
+        if self.anonymizer_folds < 1:
+            raise ValueError(f"anonymizer folds must be >= 1, got {self.anonymizer_folds}")
         bad = [m for m in self.methods if m not in ("bones", "learned")]
         if bad or not self.methods:
             raise ValueError(f"audit methods must be bones and/or learned, got {list(self.methods)}")
@@ -419,14 +437,31 @@ class AuditPlan:
                 raise ValueError(f"prototype mix {m} must be in [0, 1]")
 
 
+def resolved_reid_scope(plan: AuditPlan) -> str:
+    """``all`` where the cross-fitted models cannot differ but in their recognizers' picks
+    (one model; or shared prototypes and an untrained network), else ``group``."""
+    if plan.reid_scope != "auto":
+        return plan.reid_scope
+    if "learned" not in plan.methods or plan.anonymizer_folds == 1:
+        return "all"
+    return "all" if plan.shared_prototypes and plan.anonymizer.epochs == 0 else "group"
+
+
 def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Raw versus protected: the audit report (see :mod:`privacy.audit_cmd` for the file)."""
     cfg = config or AuditConfig()
     say = progress or (lambda msg: log.info("%s", msg))
-    if "learned" in plan.methods and plan.anonymizer_folds > 1 and data.groups is None:
+    scope = resolved_reid_scope(plan)
+    if "learned" in plan.methods and plan.anonymizer_folds > 1 and data.groups is None and scope == "group":
         # every setting is measured within the same groups, so rows stay comparable
-        data = replace(data, groups=anonymizer_groups(data, plan.anonymizer_folds, plan.anonymizer.seed))
+        groups = anonymizer_groups(data, plan.anonymizer_folds, plan.anonymizer.seed)
+        smallest = min(len(np.unique(data.subjects[groups == g])) for g in np.unique(groups))
+        if smallest < 2:
+            raise ValueError(f"re-identification within each anonymizer's group needs 2 or more subjects per "
+                             f"group; {len(np.unique(data.subjects))} subjects in {plan.anonymizer_folds} "
+                             f"anonymizer folds leave {smallest}: use fewer anonymizer folds or re-id scope all")
+        data = replace(data, groups=groups)
     say("auditing raw data")
     raw = audit_arrays(data, cfg)
     say(_line("raw", raw))
@@ -441,7 +476,8 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
         for weight in plan.privacy_weights:
             anon_cfg = replace(plan.anonymizer, privacy_weight=float(weight), mix=max(plan.mixes))
             protected = cross_fit_anonymize(data, anon_cfg, plan.keep_ratios, plan.anonymizer_folds,
-                                            progress=say, mixes=plan.mixes)
+                                            progress=say, mixes=plan.mixes,
+                                            shared_prototypes=plan.shared_prototypes)
             for (keep, mix), xp in protected.items():
                 result = audit_arrays(data.with_x(xp), cfg)
                 say(_line(f"learned keep={keep:g} mix={mix:g} w={weight:g}", result))
@@ -462,6 +498,8 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
             "bones": plan.bones.to_dict(),
             "anonymizer": plan.anonymizer.to_dict(),
             "anonymizer_folds": plan.anonymizer_folds,
+            "shared_prototypes": plan.shared_prototypes,
+            "reid_scope": scope,
         },
         "audit_config": asdict(cfg),
     }

@@ -89,11 +89,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=AuditConfig.epochs, help="epochs per attacker")
     parser.add_argument("--folds", type=int, default=AuditConfig.folds,
                         help="subject-disjoint folds for attributes and action")
-    parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs)
+    parser.add_argument("--anonymizer-epochs", type=int, default=AnonymizerConfig.epochs,
+                        help="epochs of adversarial training of the token scorer and displacement "
+                             "(default 0: off; only the action recognizers and prototypes are fitted)")
     parser.add_argument("--recognizers", type=int, default=AnonymizerConfig.teacher_ensemble,
                         help="action recognizers the learned anonymizer averages to choose the prototype")
-    parser.add_argument("--anonymizer-folds", type=int, default=2,
+    parser.add_argument("--anonymizer-folds", type=int, default=AuditPlan.anonymizer_folds,
                         help="cross-fitting folds over subjects for the learned anonymizer (1: fit on all)")
+    parser.add_argument("--prototypes", choices=("all", "fold"), default="all",
+                        help="cross-fitted anonymizers paint prototypes averaged over all subjects, as a site's one "
+                             "model does over its own people (default), or over their training subjects only; "
+                             "recognizer and network are cross-fitted either way")
+    parser.add_argument("--reid-scope", choices=("auto", "group", "all"), default="auto",
+                        help="re-identify among all subjects or within each cross-fitted model's subjects; auto: "
+                             "all unless the models could differ by more than their recognizers' picks")
     parser.add_argument("--action-weight", type=float, default=AnonymizerConfig.action_weight)
     parser.add_argument("--attribute-weight", type=float, default=AnonymizerConfig.attribute_weight)
     parser.add_argument("--reconstruction-weight", type=float, default=AnonymizerConfig.reconstruction_weight)
@@ -170,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
             methods=("bones", "learned") if args.method == "both" else (args.method,),
             keep_ratios=args.keep_ratios, privacy_weights=args.privacy_weights, mixes=args.mixes, bones=bones,
             anonymizer=replace(anon, privacy_weight=args.privacy_weights[0]),
-            anonymizer_folds=args.anonymizer_folds,
+            anonymizer_folds=args.anonymizer_folds, shared_prototypes=args.prototypes == "all",
+            reid_scope=args.reid_scope,
         )
         cfg = AuditConfig(attackers=args.attackers, epochs=args.epochs, folds=args.folds, seed=args.seed)
     except ValueError as err:
@@ -181,7 +191,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"data set {args.dataset!r} has fewer than two subjects: nothing to re-identify")
     print(f"{info['name']}: {info['sequences']} sequences, {info['subjects']} subjects, "
           f"{info['classes']} classes, attributes {', '.join(data.attributes) or 'none'}", flush=True)
-    report = run_audit(data, plan, cfg, progress=lambda msg: print(msg, flush=True))
+    try:
+        report = run_audit(data, plan, cfg, progress=lambda msg: print(msg, flush=True))
+    except ValueError as err:  # a plan this data set cannot carry (e.g. too few subjects per fold)
+        raise UserError(str(err)) from None
     report["dataset"] = info
     args.out.mkdir(parents=True, exist_ok=True)
     plot_path = args.out / "tradeoff.png"

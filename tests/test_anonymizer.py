@@ -299,3 +299,37 @@ def test_an_anonymizer_without_a_frozen_recognizer_trains_one_alongside() -> Non
     assert model.teacher is None
     out = model.anonymize(x, 1.0)
     assert out.shape == x.shape and np.isfinite(out).all()
+
+
+def test_a_prototype_pool_sets_the_prototypes_and_must_cover_every_action() -> None:
+    x = random_people(KINECT_V1, n=12, t=12)
+    actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
+    pool_x, pool_a = random_people(KINECT_V1, n=9, t=12, seed=3), np.tile([0, 1, 2], 3)
+    cfg = AnonymizerConfig(**{**TINY.to_dict(), "action_teacher_epochs": 1, "mix": 1.0, "teacher_ensemble": 1})
+    own = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg)
+    pooled = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototype_pool=(pool_x, pool_a))
+    canon = normalize_bones(pool_x, KINECT_V1, cfg.bones)
+    for a in range(3):
+        np.testing.assert_allclose(pooled.prototypes[a].numpy(), canon[pool_a == a].mean(axis=0), atol=1e-5)
+    assert not torch.allclose(own.prototypes, pooled.prototypes)
+    with pytest.raises(ValueError, match=r"action code\(s\) \[2\]"):
+        fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototype_pool=(pool_x[:6], np.tile([0, 1], 3)))
+    with pytest.raises(ValueError, match="prototype pool arrays"):
+        fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototype_pool=(pool_x[:, :, :10], pool_a))
+
+
+def test_by_default_only_the_recognizers_and_prototypes_are_fitted() -> None:
+    """The adversarial displacement is off by default (it leaked identity in the audit):
+    at mix 0 the default model returns its canonical-body input unchanged."""
+    assert AnonymizerConfig().epochs == 0 and AnonymizerConfig().mix == 0.9
+    x = random_people(KINECT_V1, n=12, t=12)
+    actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
+    cfg = {**TINY.to_dict(), "action_teacher_epochs": 2, "teacher_ensemble": 1}
+    plain = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**{**cfg, "epochs": 0}))
+    assert torch.count_nonzero(plain.out.weight) == 0
+    np.testing.assert_allclose(plain.anonymize(x, 1.0, mix=0.0), plain.prepare(x), atol=1e-5)
+    trained = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, AnonymizerConfig(**{**cfg, "epochs": 1}))
+    assert torch.count_nonzero(trained.out.weight) > 0
+    assert not np.allclose(trained.anonymize(x, 1.0, mix=0.0), trained.prepare(x), atol=1e-5)
+    with pytest.raises(ValueError, match="epochs"):
+        AnonymizerConfig(epochs=-1)

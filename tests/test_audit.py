@@ -110,7 +110,7 @@ def test_audit_command_writes_the_documented_json(tmp_path, monkeypatch) -> None
     out = tmp_path / "audit"
     code = main(["audit", "--dataset", "synthetic", "--out", str(out), "--method", "both",
                  "--keep-ratios", "1,0.5", "--epochs", "1", "--folds", "2", "--anonymizer-epochs", "1",
-                 "--attackers", "features", "--threads", "1", "--recognizers", "2"])
+                 "--attackers", "features", "--threads", "1", "--recognizers", "2", "--anonymizer-folds", "2"])
     assert code == 0
     report = json.loads((out / "audit.json").read_text())
     assert report["plan"]["anonymizer"]["teacher_ensemble"] == 2
@@ -185,3 +185,54 @@ def test_recognizer_bench_tests_on_participants_it_never_trained_on(synthetic: A
     assert report["subjects_per_group"] == [3, 3]
     assert set(report["mean_top1"]) == {"averaged", *recognizer_bench.PART_NAMES}
     assert report["mean_top1"]["averaged"] > 0.5, report["mean_top1"]
+
+
+def test_shared_prototypes_give_every_cross_fitted_model_one_vocabulary(synthetic: AuditData) -> None:
+    """At mix 1 an output is the painted prototype alone: with shared prototypes the two
+    folds' models can only produce the same four motions, with their own eight."""
+    from privacy.anonymizer import AnonymizerConfig
+    from privacy.audit import cross_fit_anonymize
+
+    cfg = AnonymizerConfig(channels=8, blocks=1, epochs=1, batch_size=16, adversary_hidden=8,
+                           action_teacher_epochs=3, teacher_ensemble=1, mix=1.0)
+
+    def distinct(shared: bool) -> int:
+        out = cross_fit_anonymize(synthetic, cfg, [1.0], folds=2, shared_prototypes=shared)[(1.0, 1.0)]
+        return len(np.unique(out.reshape(len(out), -1).round(4), axis=0))
+
+    assert distinct(True) <= 4
+    assert distinct(False) > 4
+
+
+def test_reid_scope_all_measures_among_every_subject(synthetic: AuditData) -> None:
+    from privacy.anonymizer import AnonymizerConfig
+    from privacy.audit import run_audit
+
+    anon = AnonymizerConfig(channels=8, blocks=1, epochs=1, batch_size=16, adversary_hidden=8,
+                            action_teacher_epochs=1, teacher_ensemble=1)
+    cfg = AuditConfig(attackers=("features",), epochs=1, folds=2)
+    plan = AuditPlan(methods=("learned",), anonymizer=anon, anonymizer_folds=2, reid_scope="all",
+                     shared_prototypes=True)
+    report = run_audit(synthetic, plan, cfg, progress=lambda msg: None)
+    for section in ("raw", "protected"):  # six people, not the three of one model's group
+        assert report[section]["chance"]["reid_top1"] == pytest.approx(1 / 6)
+    assert report["plan"]["reid_scope"] == "all" and report["plan"]["shared_prototypes"] is True
+    with pytest.raises(ValueError, match="scope"):
+        AuditPlan(reid_scope="site")
+
+
+def test_auto_scope_pools_subjects_only_where_the_models_cannot_leave_their_own_trace(synthetic: AuditData) -> None:
+    from privacy.anonymizer import AnonymizerConfig
+    from privacy.audit import resolved_reid_scope, run_audit
+
+    untrained, trained = AnonymizerConfig(epochs=0), AnonymizerConfig(epochs=2)
+    assert resolved_reid_scope(AuditPlan(methods=("learned",), anonymizer=untrained)) == "all"
+    assert resolved_reid_scope(AuditPlan(methods=("learned",), anonymizer=trained)) == "group"
+    assert resolved_reid_scope(AuditPlan(methods=("learned",), anonymizer=untrained, shared_prototypes=False)) == "group"
+    assert resolved_reid_scope(AuditPlan(methods=("learned",), anonymizer=trained, anonymizer_folds=1)) == "all"
+    assert resolved_reid_scope(AuditPlan(methods=("bones",))) == "all"
+    assert resolved_reid_scope(AuditPlan(methods=("learned",), anonymizer=trained, reid_scope="all")) == "all"
+    # six subjects in six folds: a group of one person would be "re-identified" every time
+    plan = AuditPlan(methods=("learned",), anonymizer=trained, anonymizer_folds=6)
+    with pytest.raises(ValueError, match="2 or more subjects per group.*leave 1"):
+        run_audit(synthetic, plan, AuditConfig(attackers=("features",), epochs=1), progress=lambda msg: None)
