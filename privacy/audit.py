@@ -473,16 +473,23 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
         sweep.append({"method": "bones", "keep_ratio": 1.0, "mix": 0.0, "privacy_weight": 0.0, **result})
         by_method["bones"] = result
     if "learned" in plan.methods:
-        for weight in plan.privacy_weights:
+        weights = plan.privacy_weights
+        if plan.anonymizer.epochs == 0 and len(weights) > 1:
+            say("the anonymizer is not trained adversarially (epochs 0): privacy weights do not change it, "
+                f"auditing weight {weights[0]:g} only")
+            weights = weights[:1]
+        for weight in weights:
             anon_cfg = replace(plan.anonymizer, privacy_weight=float(weight), mix=max(plan.mixes))
             protected = cross_fit_anonymize(data, anon_cfg, plan.keep_ratios, plan.anonymizer_folds,
                                             progress=say, mixes=plan.mixes,
                                             shared_prototypes=plan.shared_prototypes)
             for (keep, mix), xp in protected.items():
                 result = audit_arrays(data.with_x(xp), cfg)
-                say(_line(f"learned keep={keep:g} mix={mix:g} w={weight:g}", result))
+                say(_line(_setting({"keep_ratio": keep, "mix": mix, "privacy_weight": weight,
+                                    "anonymizer_epochs": plan.anonymizer.epochs}), result))
                 sweep.append({"method": "learned", "keep_ratio": keep, "mix": mix,
-                              "privacy_weight": float(weight), **result})
+                              "privacy_weight": float(weight), "anonymizer_epochs": plan.anonymizer.epochs,
+                              **result})
                 by_method.setdefault("learned", result)
     primary = by_method.get("learned", by_method.get("bones"))
     return {
@@ -506,7 +513,9 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
 
 
 def _setting(s: dict[str, Any]) -> str:
-    return f"learned k={s['keep_ratio']:g} mix={s.get('mix', 0):g} w={s['privacy_weight']:g}"
+    """Row label; the privacy weight only where the anonymizer was trained adversarially."""
+    label = f"learned k={s['keep_ratio']:g} mix={s.get('mix', 0):g}"
+    return label + (f" w={s['privacy_weight']:g}" if s.get("anonymizer_epochs", 1) > 0 else "")
 
 
 def _fmt(v: Any) -> str:
@@ -550,7 +559,7 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
         pts = sorted((s for s in learned if (s["privacy_weight"], s.get("mix", 0.0)) == (weight, mix)),
                      key=lambda s: s["keep_ratio"])
         k = [s["keep_ratio"] for s in pts]
-        tag = f"w={weight:g}, mix={mix:g}"
+        tag = f"mix={mix:g}" + (f", w={weight:g}" if pts[0].get("anonymizer_epochs", 1) > 0 else "")
         line, = left.plot(k, [100 * s["action_top1"] for s in pts], "o-", label=f"action, {tag}")
         left.plot(k, [100 * s["reid_top1"] for s in pts], "s--", color=line.get_color(), label=f"re-id, {tag}")
     left.axhline(100 * raw["action_top1"], color="black", lw=1, label="raw action")

@@ -236,3 +236,18 @@ def test_auto_scope_pools_subjects_only_where_the_models_cannot_leave_their_own_
     plan = AuditPlan(methods=("learned",), anonymizer=trained, anonymizer_folds=6)
     with pytest.raises(ValueError, match="2 or more subjects per group.*leave 1"):
         run_audit(synthetic, plan, AuditConfig(attackers=("features",), epochs=1), progress=lambda msg: None)
+
+
+def test_an_untrained_anonymizer_is_audited_once_and_labelled_without_a_privacy_weight(synthetic: AuditData) -> None:
+    from privacy.anonymizer import AnonymizerConfig
+    from privacy.audit import format_table, run_audit
+
+    anon = AnonymizerConfig(channels=8, blocks=1, epochs=0, adversary_hidden=8, action_teacher_epochs=1,
+                            teacher_ensemble=1)
+    said: list[str] = []
+    plan = AuditPlan(methods=("learned",), anonymizer=anon, anonymizer_folds=2, privacy_weights=(0.3, 1.0))
+    report = run_audit(synthetic, plan, AuditConfig(attackers=("features",), epochs=1, folds=2), progress=said.append)
+    assert [(s["privacy_weight"], s["anonymizer_epochs"]) for s in report["sweep"]] == [(0.3, 0)]
+    assert any("weight 0.3 only" in line for line in said)
+    table = format_table(report)
+    assert "learned k=1 mix=0.9" in table and "w=" not in table
