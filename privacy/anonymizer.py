@@ -21,7 +21,7 @@ A token is one joint over a window of ``window`` frames. The :class:`Anonymizer`
 
 By default (``epochs=0``) only the recognizer and the prototypes are fitted: the scorer
 and the displacement keep their initial state (the displacement is zero), and the
-output is the sparsified canonical body blended with share ``mix = 0.9`` of the
+output is the sparsified canonical body blended with share ``mix = 0.95`` of the
 predicted action's prototype. Against freshly trained attackers the adversarially
 trained displacement left more identity than none at equal action accuracy (Kinder-Gator,
 BENCHMARKS.md), so it is an option for experiments (``epochs > 0``), not the default.
@@ -116,7 +116,7 @@ class AnonymizerConfig:
     reconstruction_weight: float = 0.5
     smoothness_weight: float = 1.0
     prototype_weight: float = 0.0
-    mix: float = 0.9  # share of the predicted action's prototype in the output (0: none)
+    mix: float = 0.95  # share of the predicted action's prototype in the output (0: none)
     prototype_choice: str = "hard"  # "hard": the most likely action's; "soft": probability-weighted
     num_classes: int = 0  # set by fit_anonymizer: actions, persons and frames of the
     num_persons: int = 1  # prototypes the model carries

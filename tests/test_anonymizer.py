@@ -321,7 +321,7 @@ def test_a_prototype_pool_sets_the_prototypes_and_must_cover_every_action() -> N
 def test_by_default_only_the_recognizers_and_prototypes_are_fitted() -> None:
     """The adversarial displacement is off by default (it leaked identity in the audit):
     at mix 0 the default model returns its canonical-body input unchanged."""
-    assert AnonymizerConfig().epochs == 0 and AnonymizerConfig().mix == 0.9
+    assert AnonymizerConfig().epochs == 0 and AnonymizerConfig().mix == 0.95
     x = random_people(KINECT_V1, n=12, t=12)
     actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
     cfg = {**TINY.to_dict(), "action_teacher_epochs": 2, "teacher_ensemble": 1}

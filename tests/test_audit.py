@@ -250,4 +250,4 @@ def test_an_untrained_anonymizer_is_audited_once_and_labelled_without_a_privacy_
     assert [(s["privacy_weight"], s["anonymizer_epochs"]) for s in report["sweep"]] == [(0.3, 0)]
     assert any("weight 0.3 only" in line for line in said)
     table = format_table(report)
-    assert "learned k=1 mix=0.9" in table and "w=" not in table
+    assert "learned k=1 mix=0.95" in table and "w=" not in table
