@@ -2,15 +2,18 @@
 
 Loads a data set (through the preprocessing cache), trains fresh attackers and an
 independent action classifier on the raw arrays and on each protected version (bone
-normalization, learned anonymizer swept over keep ratios and privacy weights), prints a
-table and writes ``DIR/audit.json`` and ``DIR/tradeoff.png``.
+normalization, learned anonymizer swept over keep ratios, prototype shares and, when it
+is trained adversarially, privacy weights), prints a table and writes ``DIR/audit.json``
+and ``DIR/tradeoff.png``.
 
 ``audit.json``: ``raw`` and ``protected`` each hold ``reid_top1``, ``reid_top5``,
 ``linkage_accuracy``, ``action_top1`` and ``attributes`` (name -> accuracy), plus
 ``chance`` and per-attacker details; ``protected`` is the learned anonymizer at the first
 keep ratio, mix and privacy weight (bone normalization when only ``bones`` is audited);
 ``protected_by_method``, ``sweep`` (every setting), ``plan``, ``audit_config`` and
-``dataset`` describe the run.
+``dataset`` describe the run; ``plan.reid_scope`` says whether re-identification and
+linkage were measured among all subjects (``all``) or within each cross-fitted model's
+group (``group``), which sets their chance level.
 """
 
 from __future__ import annotations
