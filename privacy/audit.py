@@ -574,11 +574,12 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
     left.set_title("accuracy over keep ratio")
     left.legend(fontsize=7, loc="best")
     right.scatter([100 * raw["reid_top1"]], [100 * raw["action_top1"]], marker="*", s=120, color="black", label="raw")
-    for s in report["sweep"]:
+    for i, s in enumerate(report["sweep"]):
         label = "bones" if s["method"] == "bones" else _setting(s)[len("learned "):]
         right.scatter([100 * s["reid_top1"]], [100 * s["action_top1"]], s=30)
+        # settings often land close together: stagger their labels so they stay legible
         right.annotate(label, (100 * s["reid_top1"], 100 * s["action_top1"]), fontsize=7,
-                       xytext=(3, 3), textcoords="offset points")
+                       xytext=(4, 4 - 11 * (i % 3)), textcoords="offset points")
     right.axvline(100 * raw["chance"]["reid_top1"], color="grey", lw=1, ls=":")
     right.set_xlim(0, 100)
     right.set_ylim(0, 100)
