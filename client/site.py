@@ -115,10 +115,18 @@ def build_site_model(setup: SiteSetup, num_classes: int) -> torch.nn.Module:
 
     seed = setup.seed * 1000 + sum(setup.spec.name.encode()) % 997
     torch.manual_seed(seed)
-    config = ModelConfig(**setup.model_config) if setup.model_config else None
-    if "input-range" in setup.spec.recipe:  # parameter-free: the site's own input scaling
-        config = (config or ModelConfig()).with_(input_range=bool(setup.spec.recipe["input-range"]))
+    config = site_model_config(ModelConfig(**setup.model_config) if setup.model_config else None, setup.spec.recipe)
     return build_model(get_layout(setup.layout), num_classes, setup.num_persons, config)
+
+
+def site_model_config(config: Any, recipe: Mapping[str, Any]) -> Any:
+    """``config`` (a ``models.ModelConfig`` or None) with the site recipe's ``input-range``
+    applied: parameter-free, so a site may choose its own input scaling."""
+    if "input-range" not in recipe:
+        return config
+    from models import ModelConfig
+
+    return (config or ModelConfig()).with_(input_range=bool(recipe["input-range"]))
 
 
 def load_parameters(model: torch.nn.Module, shared: ArrayRecord, personal: ArrayRecord | None) -> None:

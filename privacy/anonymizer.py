@@ -476,20 +476,18 @@ def _action_prototypes(xn: torch.Tensor, actions: torch.Tensor, k: int) -> torch
     return sums / counts.view(-1, 1, 1, 1, 1)
 
 
-def _pool_prototypes(pool: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], num_actions: int,
-                     layout: Layout, bones: BoneNormalizeConfig) -> torch.Tensor:
-    """Prototypes from ``pool``; every action of the training data must occur in it."""
-    px, pa = pool
-    if tuple(px.shape[1:]) != tuple(shape[1:]):
-        raise ValueError(f"prototype pool arrays are {tuple(px.shape[1:])} per sequence, "
-                         f"the training data {tuple(shape[1:])}")
-    pa = _codes("prototype pool actions", pa, len(px))
-    missing = sorted(set(range(num_actions)) - set(pa.tolist()))
+def action_prototypes(x: np.ndarray, actions: np.ndarray, layout: Layout,
+                      bones: BoneNormalizeConfig | None = None) -> torch.Tensor:
+    """Prototypes ``[K,3,T,V,M]`` of every action code ``0..K-1`` in ``actions``: the mean
+    canonical-body performance over ``x``. Computed once, they can be given to several
+    :func:`fit_anonymizer` calls (the audit's cross-fitted models share them)."""
+    codes = _codes("prototype actions", actions, len(x))
+    k = int(codes.max()) + 1 if len(codes) else 0
+    missing = sorted(set(range(k)) - set(codes.tolist()))
     if missing:
-        raise ValueError(f"prototype pool has no performance of action code(s) {missing[:10]}")
-    keep = pa < num_actions  # actions the training data never shows have no recognizer output
-    xn = torch.from_numpy(normalize_bones(px[keep], layout, bones))
-    return _action_prototypes(xn, torch.from_numpy(pa[keep]), num_actions)
+        raise ValueError(f"prototype data have no performance of action code(s) {missing[:10]}")
+    xn = torch.from_numpy(normalize_bones(x, layout, bones or BoneNormalizeConfig()))
+    return _action_prototypes(xn, torch.from_numpy(codes), k)
 
 
 def _roughness(out: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
@@ -551,16 +549,17 @@ def fit_anonymizer(
     layout: Layout,
     config: AnonymizerConfig | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
-    prototype_pool: tuple[np.ndarray, np.ndarray] | None = None,
+    prototypes: torch.Tensor | None = None,
 ) -> Anonymizer:
     """Train an anonymizer on a site's own data.
 
     ``actions`` and ``subjects`` are integer codes ``[N]``; ``attributes`` maps a name to
     integer codes ``[N]`` (negative = unknown). The adversaries live only inside this
-    function. ``prototype_pool`` (sequences, action codes) gives the performances whose
-    canonical-body means become the prototypes (default: the training data): the audit
-    passes all of a data set's people, as a site's one model averages over all of its own,
-    while the recognizer and the network still learn from the training people only.
+    function. ``prototypes`` (from :func:`action_prototypes`, at least one per action of
+    the training data; default: the training data's own) are what the model paints: the
+    audit passes those of all of a data set's people, as a site's one model averages over
+    all of its own, while the recognizer and the network still learn from the training
+    people only.
     """
     cfg = config or AnonymizerConfig()
     actions = _codes("actions", actions, len(x))
@@ -580,9 +579,13 @@ def fit_anonymizer(
     model = Anonymizer(layout, cfg)
     priv_classes = [int(subjects.max()) + 1] + [max(1, int(a.max()) + 1) for a in attr_codes]
     y_act = torch.from_numpy(actions)
-    prototypes = _action_prototypes(xn, y_act, num_actions)
-    if prototype_pool is not None:
-        prototypes = _pool_prototypes(prototype_pool, x.shape, num_actions, layout, cfg.bones)
+    if prototypes is None:
+        prototypes = _action_prototypes(xn, y_act, num_actions)
+    elif prototypes.shape[0] < num_actions or tuple(prototypes.shape[1:]) != tuple(xn.shape[1:]):
+        raise ValueError(f"prototypes are {tuple(prototypes.shape)}; the training data need at least "
+                         f"{num_actions} of {tuple(xn.shape[1:])}")
+    else:
+        prototypes = prototypes[:num_actions]  # actions the training data never show: no recognizer output
     y_priv = torch.from_numpy(np.stack([subjects] + attr_codes, axis=1))
     channels = 3 * layout.num_joints * x.shape[4]
 

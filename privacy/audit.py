@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from privacy import attackers
-from privacy.anonymizer import Anonymizer, AnonymizerConfig, fit_anonymizer
+from privacy.anonymizer import Anonymizer, AnonymizerConfig, action_prototypes, fit_anonymizer
 from privacy.bone_normalize import BoneNormalizeConfig, normalize_bones
 from skeletons.layouts import Layout
 
@@ -374,15 +374,15 @@ def cross_fit_anonymize(data: AuditData, config: AnonymizerConfig, keep_ratios: 
     mixes = [config.mix] if mixes is None else list(mixes)
     out = {(float(k), float(m)): np.zeros_like(data.x) for k in keep_ratios for m in mixes}
     fold = anonymizer_groups(data, folds, config.seed)
+    shared = action_prototypes(data.x, data.actions, data.layout, config.bones) if shared_prototypes else None
     for f in np.unique(fold):
         test = fold == f
         train = ~test if folds > 1 else test
         subj = np.unique(data.subjects[train], return_inverse=True)[1]
         attrs = {a: data.attribute_codes(a)[0][train] for a in names}
         t0 = time.perf_counter()
-        pool = (data.x, data.actions) if shared_prototypes else None
         model = fit_anonymizer(data.x[train], data.actions[train], subj, attrs, data.layout, config,
-                               prototype_pool=pool)
+                               prototypes=shared)
         if progress:
             progress(f"anonymizer fold {int(f) + 1}/{len(np.unique(fold))} fitted in {time.perf_counter() - t0:.0f}s")
         for k, m in out:
@@ -485,11 +485,10 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
                                             shared_prototypes=plan.shared_prototypes)
             for (keep, mix), xp in protected.items():
                 result = audit_arrays(data.with_x(xp), cfg)
-                say(_line(_setting({"keep_ratio": keep, "mix": mix, "privacy_weight": weight,
-                                    "anonymizer_epochs": plan.anonymizer.epochs}), result))
-                sweep.append({"method": "learned", "keep_ratio": keep, "mix": mix,
-                              "privacy_weight": float(weight), "anonymizer_epochs": plan.anonymizer.epochs,
-                              **result})
+                setting = {"method": "learned", "keep_ratio": keep, "mix": mix, "privacy_weight": float(weight),
+                           "anonymizer_epochs": plan.anonymizer.epochs}
+                say(_line(_setting(setting), result))
+                sweep.append({**setting, **result})
                 by_method.setdefault("learned", result)
     primary = by_method.get("learned", by_method.get("bones"))
     return {

@@ -32,13 +32,11 @@ def epsilon_spent(noise: float, sample_rate: float, steps: int, delta: float) ->
     """Epsilon of ``steps`` Poisson-sampled Gaussian steps (infinite without noise)."""
     if noise <= 0:
         return math.inf
-    from opacus.accountants import RDPAccountant
+    from privacy.ledger import epsilon_of  # the accounting a site's budget uses
 
-    accountant = RDPAccountant()
-    accountant.history = [(noise, sample_rate, steps)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
-        return float(accountant.get_epsilon(delta))
+        return epsilon_of([(noise, sample_rate, steps)], "rdp", delta)
 
 
 def site_recipe(scenario: Scenario, spec: SiteSpec, args: argparse.Namespace) -> TrainConfig:
@@ -53,13 +51,12 @@ def site_recipe(scenario: Scenario, spec: SiteSpec, args: argparse.Namespace) ->
 
 
 def site_model(scenario: Scenario, spec: SiteSpec, arrays: SiteArrays, seed: int) -> torch.nn.Module:
+    from client.site import site_model_config
     from models import ModelConfig, build_model
     from server.federation import model_config_for
     from skeletons.layouts import get_layout
 
-    config = ModelConfig.from_dict(model_config_for(scenario, "slim"))
-    if "input-range" in spec.recipe:
-        config = config.with_(input_range=bool(spec.recipe["input-range"]))
+    config = site_model_config(ModelConfig.from_dict(model_config_for(scenario, "slim")), spec.recipe)
     torch.manual_seed(seed)
     return build_model(get_layout(scenario.layout), arrays.num_classes, 1, config)
 

@@ -13,6 +13,7 @@ from privacy.anonymizer import (
     AnonymizationConfig,
     Anonymizer,
     AnonymizerConfig,
+    action_prototypes,
     anonymize_arrays,
     fit_anonymizer,
     load_anonymizer,
@@ -301,21 +302,24 @@ def test_an_anonymizer_without_a_frozen_recognizer_trains_one_alongside() -> Non
     assert out.shape == x.shape and np.isfinite(out).all()
 
 
-def test_a_prototype_pool_sets_the_prototypes_and_must_cover_every_action() -> None:
+def test_given_prototypes_are_painted_and_must_cover_every_action() -> None:
     x = random_people(KINECT_V1, n=12, t=12)
     actions, subjects = np.tile([0, 1, 2], 4), np.repeat(np.arange(4), 3)
     pool_x, pool_a = random_people(KINECT_V1, n=9, t=12, seed=3), np.tile([0, 1, 2], 3)
     cfg = AnonymizerConfig(**{**TINY.to_dict(), "action_teacher_epochs": 1, "mix": 1.0, "teacher_ensemble": 1})
     own = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg)
-    pooled = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototype_pool=(pool_x, pool_a))
+    given = action_prototypes(pool_x, pool_a, KINECT_V1, cfg.bones)
+    pooled = fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototypes=given)
     canon = normalize_bones(pool_x, KINECT_V1, cfg.bones)
     for a in range(3):
         np.testing.assert_allclose(pooled.prototypes[a].numpy(), canon[pool_a == a].mean(axis=0), atol=1e-5)
     assert not torch.allclose(own.prototypes, pooled.prototypes)
-    with pytest.raises(ValueError, match=r"action code\(s\) \[2\]"):
-        fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototype_pool=(pool_x[:6], np.tile([0, 1], 3)))
-    with pytest.raises(ValueError, match="prototype pool arrays"):
-        fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototype_pool=(pool_x[:, :, :10], pool_a))
+    with pytest.raises(ValueError, match=r"action code\(s\) \[1\]"):
+        action_prototypes(pool_x[:6], np.tile([0, 2], 3), KINECT_V1)
+    with pytest.raises(ValueError, match="at least 3"):  # fewer actions than the training data
+        fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototypes=given[:2])
+    with pytest.raises(ValueError, match="prototypes are"):  # other frame count
+        fit_anonymizer(x, actions, subjects, {}, KINECT_V1, cfg, prototypes=given[:, :, :10])
 
 
 def test_by_default_only_the_recognizers_and_prototypes_are_fitted() -> None:
