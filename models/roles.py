@@ -23,6 +23,10 @@ PERSONAL_KINDS: dict[str, frozenset[str]] = {
     "fsar": frozenset({"unique", "topology_scalar", "head"}),
     # FSAR for sites that share one label set (run-config share-head): the head is averaged too.
     "fsar-shared-head": frozenset({"unique", "topology_scalar"}),
+    # FSAR with the GroupNorm affine parameters kept on each site too (run-config
+    # personal-norms): a site's feature statistics stay its own, as under FedBN.
+    "fsar-personal-norms": frozenset({"unique", "topology_scalar", "head", "norm"}),
+    "fsar-shared-head-personal-norms": frozenset({"unique", "topology_scalar", "norm"}),
     "fedavg": frozenset(),
     "fedavg-local-heads": frozenset({"head"}),
     "fedprox": frozenset(),

@@ -174,7 +174,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
     scenario = with_run_anonymization(resolve_scenario(settings.scenario, settings.paths_file or None),
                                       settings.extra.get("anonymize"))
-    policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head)
+    policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     check_frozen_blocks(settings.frozen_blocks, len(model_config["channels"]))
@@ -191,6 +191,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         lambda_kd=settings.lambda_kd, temperature=settings.temperature,
         server_momentum=settings.server_momentum, shared_label_set=scenario.shared_label_set,
         shared_blocks=settings.shared_blocks, share_head=settings.share_head,
+        personal_norms=settings.personal_norms,
     )
     strategy = build_strategy(
         settings.strategy, options, eval_every=settings.eval_every, num_rounds=settings.num_server_rounds,

@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def strategy_settings(args: argparse.Namespace, strategy: str, run_dir: Path) -> RunSettings:
-    """One compared run's settings: ``--share-head`` is fsar's option, the other strategies
-    decide about their head by themselves."""
-    share_head = args.share_head if strategy == "fsar" else None
-    return settings_from_args(argparse.Namespace(**{**vars(args), "share_head": share_head}), strategy, run_dir)
+    """One compared run's settings: ``--share-head`` and ``--personal-norms`` are fsar's
+    options, the other strategies decide about their head and norms by themselves."""
+    fsar_only = {key: getattr(args, key) if strategy == "fsar" else None for key in ("share_head", "personal_norms")}
+    return settings_from_args(argparse.Namespace(**{**vars(args), **fsar_only}), strategy, run_dir)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:

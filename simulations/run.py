@@ -47,6 +47,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="fsar over sites with one label set: average the classifier head too "
                              "(FSAR as published keeps it on each site; other strategies share it "
                              "whenever the label set is shared)")
+    parser.add_argument("--personal-norms", action="store_true", default=None,
+                        help="fsar: keep the normalization layers' parameters on each site too, as "
+                             "fedbn does for fedavg (FSAR's split averages them)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "
@@ -92,7 +95,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
-        "share-head": args.share_head,
+        "share-head": args.share_head, "personal-norms": args.personal_norms,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -132,6 +135,10 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
             from strategies.registry import check_share_head
 
             check_share_head(settings.strategy, scenario.shared_label_set)
+        if settings.personal_norms:
+            from strategies.registry import check_personal_norms
+
+            check_personal_norms(settings.strategy)
         from server.federation import with_run_anonymization
 
         with_run_anonymization(scenario, settings.extra.get("anonymize"))

@@ -24,18 +24,24 @@ class StrategyOptions:
     server_learning_rate: float = 1.0
     shared_label_set: bool = False  # all sites have the same classes: one head can be shared
     share_head: bool = False  # fsar: average the head too (needs shared_label_set)
+    personal_norms: bool = False  # fsar: keep the normalization layers' parameters on the sites
     shared_blocks: int = 0  # 0: every block may be shared; k: deeper blocks stay personal
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def client_policy(name: str, shared_label_set: bool, share_head: bool = False) -> str:
+def client_policy(name: str, shared_label_set: bool, share_head: bool = False, personal_norms: bool = False) -> str:
     """Which parameters stay personal on the site under strategy ``name`` (see models.roles).
 
     ``share_head`` (fsar only) averages the classifier head as well, for sites that share
-    one label set; FSAR as published keeps it on each site."""
+    one label set; FSAR as published keeps it on each site. ``personal_norms`` (fsar only)
+    keeps the normalization layers' parameters on each site, as FedBN does for FedAvg."""
+    if personal_norms:
+        check_personal_norms(name)
     if share_head:
         check_share_head(name, shared_label_set)
-        return "fsar-shared-head"
+        return "fsar-shared-head-personal-norms" if personal_norms else "fsar-shared-head"
+    if personal_norms:
+        return "fsar-personal-norms"
     if name in ("fedavg", "fedprox"):
         return "fedavg" if shared_label_set else "fedavg-local-heads"
     if name == "fedbn" and not shared_label_set:
@@ -51,6 +57,13 @@ def check_share_head(name: str, shared_label_set: bool) -> None:
     if not shared_label_set:
         raise ValueError("run config 'share-head' needs sites with one label set; this scenario's sites "
                          "read different data sets or class counts, so each keeps its own head")
+
+
+def check_personal_norms(name: str) -> None:
+    """``personal-norms`` is fsar's option; FedAvg with personal norms is ``fedbn``."""
+    if name != "fsar":
+        raise ValueError(f"run config 'personal-norms' applies to fsar only, not {name!r} "
+                         "(fedbn is fedavg with the normalization layers kept on the sites)")
 
 
 def build_strategy(
@@ -96,7 +109,7 @@ def _build(
     )
     config: dict[str, Any] = {
         "strategy": name,
-        "policy": client_policy(name, options.shared_label_set, options.share_head),
+        "policy": client_policy(name, options.shared_label_set, options.share_head, options.personal_norms),
         "shared-blocks": check_shared_blocks(options.shared_blocks),
         "mkd": False,
         "mu": 0.0,
