@@ -131,14 +131,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")
-        if settings.share_head:
-            from strategies.registry import check_share_head
+        from strategies.registry import client_policy  # refuses share-head / personal-norms where they mean nothing
 
-            check_share_head(settings.strategy, scenario.shared_label_set)
-        if settings.personal_norms:
-            from strategies.registry import check_personal_norms
-
-            check_personal_norms(settings.strategy)
+        client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
         from server.federation import with_run_anonymization
 
         with_run_anonymization(scenario, settings.extra.get("anonymize"))

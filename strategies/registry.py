@@ -35,13 +35,12 @@ def client_policy(name: str, shared_label_set: bool, share_head: bool = False, p
     ``share_head`` (fsar only) averages the classifier head as well, for sites that share
     one label set; FSAR as published keeps it on each site. ``personal_norms`` (fsar only)
     keeps the normalization layers' parameters on each site, as FedBN does for FedAvg."""
-    if personal_norms:
-        check_personal_norms(name)
-    if share_head:
-        check_share_head(name, shared_label_set)
-        return "fsar-shared-head-personal-norms" if personal_norms else "fsar-shared-head"
-    if personal_norms:
-        return "fsar-personal-norms"
+    if share_head or personal_norms:  # fsar's own variants, named after the options taken
+        if share_head:
+            check_share_head(name, shared_label_set)
+        if personal_norms:
+            check_personal_norms(name)
+        return "fsar" + ("-shared-head" if share_head else "") + ("-personal-norms" if personal_norms else "")
     if name in ("fedavg", "fedprox"):
         return "fedavg" if shared_label_set else "fedavg-local-heads"
     if name == "fedbn" and not shared_label_set:
