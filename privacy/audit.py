@@ -511,10 +511,15 @@ def run_audit(data: AuditData, plan: AuditPlan, config: AuditConfig | None = Non
     }
 
 
+def _weight_label(s: dict[str, Any], sep: str = " ") -> str:
+    """The privacy weight of a sweep entry, only where the anonymizer was trained
+    adversarially (an untrained one is the same at every weight)."""
+    return f"{sep}w={s['privacy_weight']:g}" if s.get("anonymizer_epochs", 1) > 0 else ""
+
+
 def _setting(s: dict[str, Any]) -> str:
-    """Row label; the privacy weight only where the anonymizer was trained adversarially."""
-    label = f"learned k={s['keep_ratio']:g} mix={s.get('mix', 0):g}"
-    return label + (f" w={s['privacy_weight']:g}" if s.get("anonymizer_epochs", 1) > 0 else "")
+    """Row label of a learned-anonymizer setting."""
+    return f"learned k={s['keep_ratio']:g} mix={s.get('mix', 0):g}" + _weight_label(s)
 
 
 def _fmt(v: Any) -> str:
@@ -558,7 +563,7 @@ def plot_tradeoff(report: dict[str, Any], path: str) -> None:
         pts = sorted((s for s in learned if (s["privacy_weight"], s.get("mix", 0.0)) == (weight, mix)),
                      key=lambda s: s["keep_ratio"])
         k = [s["keep_ratio"] for s in pts]
-        tag = f"mix={mix:g}" + (f", w={weight:g}" if pts[0].get("anonymizer_epochs", 1) > 0 else "")
+        tag = f"mix={mix:g}" + _weight_label(pts[0], sep=", ")
         line, = left.plot(k, [100 * s["action_top1"] for s in pts], "o-", label=f"action, {tag}")
         left.plot(k, [100 * s["reid_top1"] for s in pts], "s--", color=line.get_color(), label=f"re-id, {tag}")
     left.axhline(100 * raw["action_top1"], color="black", lw=1, label="raw action")
