@@ -174,15 +174,19 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 def scenario_from_dict(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
-    """Build a scenario; ``[partition]`` expands one data set into ``num_sites`` site specs."""
+    """Build a scenario; ``[partition]`` expands one data set into ``num_sites`` site specs
+    and each ``[[site_groups]]`` entry into one site per value it lists."""
     raw = dict(raw)
-    sites_raw = raw.pop("sites", [])
+    sites_raw = [(site, f"{source}: sites[{i}]") for i, site in enumerate(raw.pop("sites", []))]
+    for i, group in enumerate(raw.pop("site_groups", [])):
+        where = f"{source}: site_groups[{i}]"
+        sites_raw += [(site, f"{where} ({site.get('name')})") for site in _expand_site_group(group, where)]
     partition = raw.pop("partition", None)
     if partition is not None:
-        sites_raw = list(sites_raw) + _expand_partition(partition, source)
+        sites_raw += [(site, f"{source}: [partition]") for site in _expand_partition(partition, source)]
     if not sites_raw:
-        raise ScenarioError(f"{source}: no sites (give [[sites]] or [partition])")
-    sites = [SiteSpec.from_dict(s, f"{source}: sites[{i}]") for i, s in enumerate(sites_raw)]
+        raise ScenarioError(f"{source}: no sites (give [[sites]], [[site_groups]] or [partition])")
+    sites = [SiteSpec.from_dict(site, where) for site, where in sites_raw]
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise ScenarioError(f"{source}: site names repeat: {names}")
@@ -271,3 +275,37 @@ def _expand_partition(partition: dict[str, Any], source: str) -> list[dict[str, 
         {"name": f"{prefix}-{i}", "dataset": dataset, "partition": {**part, "index": i}, **site_fields}
         for i in range(num_sites)
     ]
+
+
+def _expand_site_group(group: Any, where: str) -> list[dict[str, Any]]:
+    """One site table per value of the group's ``each = { KEY = [values] }``.
+
+    Every other field is a site table in which the text ``{KEY}`` (in the name, and in any
+    string inside ``select``, ``split`` and the rest) is replaced by the value, so that
+    sixteen sites that differ only by a participant's code are written once.
+    """
+    if not isinstance(group, dict):
+        raise ScenarioError(f"{where}: expected a table, got {group!r}")
+    template = dict(group)
+    each = template.pop("each", None)
+    if not isinstance(each, dict) or len(each) != 1:
+        raise ScenarioError(f"{where}: 'each' must be a table with one key and a list of values, "
+                            f"e.g. each = {{ subject = [\"103\", \"106\"] }}; got {each!r}")
+    (key, values), = each.items()
+    if not isinstance(values, list) or not values:
+        raise ScenarioError(f"{where}: each.{key} must be a non-empty list, got {values!r}")
+    placeholder = "{" + key + "}"
+    if placeholder not in str(template.get("name", "")):
+        raise ScenarioError(f"{where}: name {template.get('name')!r} must contain {placeholder} "
+                            "so that the sites' names differ")
+
+    def fill(value: Any, by: Any) -> Any:
+        if isinstance(value, str):  # a whole-field placeholder keeps the value's own type
+            return by if value == placeholder else value.replace(placeholder, str(by))
+        if isinstance(value, list):
+            return [fill(v, by) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v, by) for k, v in value.items()}
+        return value
+
+    return [fill(template, value) for value in values]
