@@ -32,7 +32,7 @@ from privacy.anonymizer import AnonymizerConfig, _atomic_write
 from privacy.attackers import ATTACKER_KINDS
 from privacy.audit import AuditConfig, AuditData, AuditPlan, format_table, plot_tradeoff, run_audit
 from privacy.bone_normalize import BoneNormalizeConfig
-from skeletons.clikit import UserError
+from skeletons.clikit import UserError, free_threads
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attribute-weight", type=float, default=AnonymizerConfig.attribute_weight)
     parser.add_argument("--reconstruction-weight", type=float, default=AnonymizerConfig.reconstruction_weight)
     parser.add_argument("--smoothness-weight", type=float, default=AnonymizerConfig.smoothness_weight)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads; 0 (default): the cores the load average leaves idle, at least one")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -170,7 +171,7 @@ def dataset_info(prepared: Any, args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(free_threads(args.threads))
     bones = bones_config(args)
     try:
         anon = AnonymizerConfig(

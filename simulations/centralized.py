@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from skeletons.clikit import UserError
+from skeletons.clikit import UserError, free_threads
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="persons per sample (default: most in the data, at most 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch; 0 (default): all cores, or 1 when the "
-                             "machine is already busy (many threads fighting for few cores "
+                        help="CPU threads for torch; 0 (default): the cores the load average "
+                             "leaves idle, at least one (many threads fighting for few cores "
                              "run several times slower than one)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -202,16 +202,6 @@ def split_indices(dataset: Any, protocol: str, test_fraction: float, seed: int
     return train, test
 
 
-def choose_threads(requested: int) -> int:
-    """``requested`` if positive; else every core, or one when the 1-minute load average
-    already reaches the core count."""
-    cores = os.cpu_count() or 1
-    if requested > 0:
-        return requested
-    busy = os.getloadavg()[0] >= cores if hasattr(os, "getloadavg") else False
-    return 1 if busy else cores
-
-
 def load(args: argparse.Namespace) -> Any:
     from skeletons.datasets import FOLDERS, load_dataset
 
@@ -241,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from skeletons.preprocess import PreprocessConfig, to_arrays
 
     started = time.perf_counter()
-    torch.set_num_threads(choose_threads(args.threads))
+    torch.set_num_threads(free_threads(args.threads))
     try:
         preset = recipe_value(args.dataset, args, "model")
         members = recipe_value(args.dataset, args, "ensemble")
