@@ -298,6 +298,10 @@ def _expand_site_group(group: Any, where: str) -> list[dict[str, Any]]:
     if placeholder not in str(template.get("name", "")):
         raise ScenarioError(f"{where}: name {template.get('name')!r} must contain {placeholder} "
                             "so that the sites' names differ")
+    if placeholder not in json.dumps({k: v for k, v in template.items() if k != "name"}):
+        raise ScenarioError(f"{where}: {placeholder} appears only in the name, so every site would hold the same "
+                            "data; use it where the sites differ, e.g. split = { train = { "
+                            f"{key} = \"{placeholder}\" }} }}")
 
     def fill(value: Any, by: Any) -> Any:
         if isinstance(value, str):  # a whole-field placeholder keeps the value's own type

@@ -46,6 +46,8 @@ def test_site_groups_write_one_site_per_value_and_name_bad_groups():
     assert all(s.split["test"] == {"subject": [1, 2]} for s in scenario.sites)
     with pytest.raises(ScenarioError, match=r"site_groups\[0\].*must contain \{subject\}"):
         scenario_from_dict({"site_groups": [{**group, "name": "p"}]}, "x.toml")
+    with pytest.raises(ScenarioError, match=r"\{subject\} appears only in the name"):
+        scenario_from_dict({"site_groups": [{**group, "split": {"test_fraction": 0.3}}]}, "x.toml")
     with pytest.raises(ScenarioError, match="'each' must be a table with one key"):
         scenario_from_dict({"site_groups": [{**group, "each": {"subject": [1], "view": [2]}}]}, "x.toml")
     with pytest.raises(ScenarioError, match="each.subject must be a non-empty list"):
