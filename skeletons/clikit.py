@@ -64,4 +64,4 @@ def free_threads(requested: int) -> int:
         return requested
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, cores - round(load)))
+    return max(1, min(cores, cores - int(load)))  # a core counts as busy once a whole one is
