@@ -28,7 +28,7 @@ from server.warm_start import warm_start
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario, resolve_scenario
 from strategies.baselines import LocalOnly
-from strategies.registry import StrategyOptions, build_strategy, client_policy
+from strategies.registry import StrategyOptions, build_strategy
 from strategies.screening import RoundRecord, ScreenedRounds
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,6 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
     scenario = with_run_anonymization(resolve_scenario(settings.scenario, settings.paths_file or None),
                                       settings.extra.get("anonymize"))
-    policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     check_frozen_blocks(settings.frozen_blocks, len(model_config["channels"]))
@@ -182,10 +181,6 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     if settings.frozen_blocks and not settings.extra.get("initial-model"):
         log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
                     "in those blocks", settings.frozen_blocks)
-    if settings.extra.get("initial-model"):
-        arrays = starting_arrays(scenario, settings, model_config, policy, str(settings.extra["initial-model"]))
-    else:
-        arrays = initial_arrays(scenario, settings, model_config, policy)
     options = StrategyOptions(
         mu=settings.mu, mkd=settings.mkd, grains=settings.grains, lambda_mg=settings.lambda_mg,
         lambda_kd=settings.lambda_kd, temperature=settings.temperature,
@@ -199,6 +194,11 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         lr_schedule=settings.lr_schedule,
     )
     assert isinstance(strategy, ScreenedRounds)
+    policy = strategy.client_config["policy"]  # the one split the sites are told to use
+    if settings.extra.get("initial-model"):
+        arrays = starting_arrays(scenario, settings, model_config, policy, str(settings.extra["initial-model"]))
+    else:
+        arrays = initial_arrays(scenario, settings, model_config, policy)
     if isinstance(strategy, LocalOnly):  # sites get the start model, the global record stays empty
         strategy.start_model, arrays = arrays, ArrayRecord()
     hooks = DeploymentHooks.from_settings(settings)  # deployed coordinator: checkpoints, resume, status

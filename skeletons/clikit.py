@@ -1,4 +1,5 @@
-"""Sub-command dispatch shared by every fedsar console script.
+"""Sub-command dispatch shared by every fedsar console script, and the thread count
+their heavy commands default to (:func:`free_threads`).
 
 Each sub-command lives in its own module with ``add_arguments(parser)`` and
 ``run(args) -> int``. Only the chosen module is imported, so ``--help`` and light
