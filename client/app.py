@@ -73,7 +73,12 @@ def train(msg: Message, context: Context) -> Message:
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
 
     from client.trainer import make_optimizer
-    from privacy.dp import BudgetExhausted, dp_requested, train_site
+    from privacy.dp import BudgetExhausted, dp_requested, fit_statistics_scale, train_site
+
+    try:  # the statistics branch's scale, once per site (under DP a release the ledger counts)
+        fit_statistics_scale(context, config, setup.spec.name, model, data.x_train)
+    except BudgetExhausted as stop:
+        return _declined(msg, context, received, setup.spec.name, stop)
 
     recipe = round_train_config(config, seed=setup.seed + server_round, site_recipe=setup.spec.recipe)
     shared_blocks = int(config.get("shared-blocks", 0))

@@ -29,6 +29,9 @@ class ModelConfig:
     ``input_range`` rescales each sample's coordinates per axis to ``[-1, 1]`` (over
     its present joints) before the streams are derived: invariance to body size,
     distance and aspect that helps when views or sensors differ.
+    ``statistics`` adds a linear map of per-sequence statistics (bone lengths, posture,
+    speeds; :mod:`models.statistics`) to the pooled embedding: few parameters on strong
+    features, what a site can still train under DP-SGD on top of frozen graph blocks.
     """
 
     channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)
@@ -41,6 +44,7 @@ class ModelConfig:
     input_range: bool = False
     dropout: float = 0.0
     topology_init_std: float = 1e-3
+    statistics: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))

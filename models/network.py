@@ -12,6 +12,7 @@ from torch import nn
 
 from models.blocks import InputStreams, STBlock
 from models.config import ModelConfig
+from models.statistics import StatisticsBranch
 from skeletons.layouts import Layout
 
 
@@ -57,8 +58,10 @@ class FSARNet(nn.Module):
             )
             for i in range(cfg.num_blocks)
         )
+        self.statistics = StatisticsBranch(layout, cfg.channels[-1]) if cfg.statistics else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.channels[-1], self.num_classes)
+        extra = self.statistics.dim if self.statistics is not None else 0
+        self.head = nn.Linear(cfg.channels[-1] + extra, self.num_classes)
 
     @property
     def num_blocks(self) -> int:
@@ -93,8 +96,19 @@ class FSARNet(nn.Module):
         return h
 
     def forward_from(self, features: torch.Tensor, start_block: int) -> torch.Tensor:
-        """Logits from features after block ``start_block``: blocks after it, then the head."""
-        return self.head(self.dropout(self._pool_from(features, start_block)))
+        """Logits from features after block ``start_block``: blocks after it, then the head.
+
+        With a statistics branch the statistics are not known here (multi-grain
+        distillation hands in block features only): the head sees the graph path alone."""
+        return self._classify(self._pool_from(features, start_block), None)
+
+    def _classify(self, pooled: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
+        """The head on the pooled graph features and, with a statistics branch, the
+        standardized statistics (zeros when unknown): ``[pooled + proj(z), z]``."""
+        if self.statistics is not None:
+            z = statistics if statistics is not None else pooled.new_zeros(pooled.shape[0], self.statistics.dim)
+            pooled = torch.cat([pooled + self.statistics.proj(z), z], dim=1)
+        return self.head(self.dropout(pooled))
 
     def _pool_from(self, features: torch.Tensor, start_block: int) -> torch.Tensor:
         self._check_block(start_block)
@@ -114,7 +128,9 @@ class FSARNet(nn.Module):
         return self._pool_from(self.block_features(x, 0), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(self.block_features(x, 0), 0)
+        pooled = self._pool_from(self.block_features(x, 0), 0)
+        statistics = self.statistics.statistics(x) if self.statistics is not None else None
+        return self._classify(pooled, statistics)
 
     def _check_block(self, index: int) -> None:
         if not 0 <= index <= self.num_blocks:

@@ -16,23 +16,27 @@ from typing import Mapping, TypeVar
 
 V = TypeVar("V")
 
-KINDS = ("influence", "unique", "topology_scalar", "head", "norm", "backbone")
+KINDS = ("influence", "unique", "topology_scalar", "head", "norm", "backbone", "scale")
+
+# The statistics branch's standardization (models.statistics) describes one site's data:
+# it stays on the site under every policy, as a ledger does.
+ALWAYS_PERSONAL = frozenset({"scale"})
 
 PERSONAL_KINDS: dict[str, frozenset[str]] = {
     # FSAR: the unique topology, its weights and the classifier head stay on the site.
-    "fsar": frozenset({"unique", "topology_scalar", "head"}),
+    "fsar": ALWAYS_PERSONAL | frozenset({"unique", "topology_scalar", "head"}),
     # FSAR for sites that share one label set (run-config share-head): the head is averaged too.
-    "fsar-shared-head": frozenset({"unique", "topology_scalar"}),
+    "fsar-shared-head": ALWAYS_PERSONAL | frozenset({"unique", "topology_scalar"}),
     # FSAR with the GroupNorm affine parameters kept on each site too (run-config
     # personal-norms): a site's feature statistics stay its own, as under FedBN.
-    "fsar-personal-norms": frozenset({"unique", "topology_scalar", "head", "norm"}),
-    "fsar-shared-head-personal-norms": frozenset({"unique", "topology_scalar", "norm"}),
-    "fedavg": frozenset(),
-    "fedavg-local-heads": frozenset({"head"}),
-    "fedprox": frozenset(),
-    "fedbn": frozenset({"norm"}),
-    "fedbn-local-heads": frozenset({"norm", "head"}),
-    "fedper": frozenset({"head"}),
+    "fsar-personal-norms": ALWAYS_PERSONAL | frozenset({"unique", "topology_scalar", "head", "norm"}),
+    "fsar-shared-head-personal-norms": ALWAYS_PERSONAL | frozenset({"unique", "topology_scalar", "norm"}),
+    "fedavg": ALWAYS_PERSONAL,
+    "fedavg-local-heads": ALWAYS_PERSONAL | frozenset({"head"}),
+    "fedprox": ALWAYS_PERSONAL,
+    "fedbn": ALWAYS_PERSONAL | frozenset({"norm"}),
+    "fedbn-local-heads": ALWAYS_PERSONAL | frozenset({"norm", "head"}),
+    "fedper": ALWAYS_PERSONAL | frozenset({"head"}),
     "local": frozenset(KINDS),
 }
 
@@ -54,6 +58,8 @@ def parameter_kind(name: str) -> str:
     ignored because only the key's own components are inspected.
     """
     parts = name.split(".")
+    if len(parts) >= 2 and parts[-2] == "statistics" and parts[-1].startswith("scale_"):
+        return "scale"
     if len(parts) >= 2 and parts[-2] == "topology" and parts[-1] in _TOPOLOGY_LEAVES:
         return _TOPOLOGY_LEAVES[parts[-1]]
     if "head" in parts[:-1]:
@@ -107,6 +113,8 @@ def is_frozen(name: str, frozen_blocks: int) -> bool:
     """Whether a site leaves parameter ``name`` untrained under ``frozen-blocks``: the
     input stage and blocks 1..k, the feature extractor a warm start brought in."""
     if check_frozen_blocks(frozen_blocks) == 0 or parameter_kind(name) == "head":
+        return False
+    if "statistics" in name.split(".")[:-1]:  # the statistics branch is no part of a warm start
         return False
     block = block_index(name)
     return block is None or block < frozen_blocks

@@ -80,6 +80,9 @@ def format_summary(summary: dict[str, Any], ledger: Any) -> str:
                          f"{r['sample_rate']:>8.4g} {r['epsilon']:>9.4f}  {r['status']}")
         if len(ledger.rounds) > 20:
             lines.append(f"  ... {len(ledger.rounds) - 20} earlier rounds not shown")
+    for r in ledger.releases:
+        lines.append(f"  released   {r['what']} in run {r['run']} round {r['round']}: {r['releases']} Gaussian "
+                     f"releases, noise {r['noise_multiplier']:.4g}, clip {r['clip']:g} (epsilon then {r['epsilon']:.4f})")
     for d in ledger.declined[-5:]:
         lines.append(f"  declined run {d['run']} round {d['round']}: {d['reason']}")
     return "\n".join(lines)

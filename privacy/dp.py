@@ -445,6 +445,54 @@ def train_site(
     )
 
 
+def fit_statistics_scale(
+    context: Any, config: Mapping[str, Any], site: str, model: nn.Module, x_train: Any,
+) -> str | None:
+    """Fit the statistics branch's standardization (:mod:`models.statistics`) on the
+    site's training split, once: the site keeps it as a personal buffer afterwards.
+
+    Without DP the split's exact mean and spread; under the site's DP settings a Gaussian
+    release (:mod:`privacy.feature_scale`) written into the ledger before any DP-SGD step,
+    so the budget covers it. Returns how it was fitted (None: nothing to fit). Raises
+    :class:`BudgetExhausted` (after writing the decline) when the release would exceed
+    the budget.
+    """
+    branch = getattr(model, "statistics", None)
+    if branch is None or branch.fitted:
+        return None
+    from privacy.feature_scale import (SCALE_CLIP, dp_scale, exact_scale, public_scale, release_noise,
+                                       training_statistics)
+
+    features = training_statistics(x_train, model.layout)
+    own, ledger_path = site_privacy(context.node_config)
+    settings = DPSettings.resolve((config, "run config"), (own, "site config"))
+    if not settings.enabled:
+        branch.set_scale(*exact_scale(features))
+        return "exact"
+    noise = release_noise(settings.epsilon, settings.delta, settings.accountant)
+    public = public_scale(model.layout.name, int(np.shape(x_train)[2]))
+    run, server_round = str(getattr(context, "run_id", "")), int(config.get("server-round", 0))
+    stop: BudgetExhausted | None = None
+    with transaction(ledger_store(context, ledger_path), site=site, mechanism=settings.accountant,
+                     delta=settings.delta) as ledger:
+        after = epsilon_of(compose(ledger.history, noise, 1.0, 2), settings.accountant, settings.delta)
+        if settings.epsilon is not None and after > settings.epsilon * (1 + 1e-9):
+            reason = (f"releasing the statistics scale would raise epsilon from {ledger.epsilon():.4f} to "
+                      f"{after:.4f}, over the budget {settings.epsilon} (delta {settings.delta})")
+            ledger.decline(run, server_round, reason)
+            stop = BudgetExhausted(reason, ledger.epsilon())
+        else:
+            scale, (z, _, count) = dp_scale(features, public, SCALE_CLIP, noise, secret_generator())
+            entry = ledger.release(run, server_round, "statistics scale", z, count, SCALE_CLIP)
+    if stop is not None:
+        log.warning("site %s declines round %d: %s", site, server_round, stop.reason)
+        raise stop
+    branch.set_scale(*scale)
+    log.info("site %s released its statistics scale (noise %.3g, clip %g): epsilon %.4f",
+             site, z, SCALE_CLIP, entry["epsilon"])
+    return "dp"
+
+
 def run_config_keys(extra: Mapping[str, Any], num_rounds: int) -> dict[str, Any]:
     """What the coordinator forwards to the sites' train config: the ``dp-*`` keys of the
     run config and the planned number of rounds (sites size their noise with it)."""

@@ -31,47 +31,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from privacy.attackers import sequence_features
+from privacy.feature_scale import Release, dp_scale, public_scale
 from skeletons.atomic import write_report
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario
 from skeletons.site_data import load_site
 
 STANDARDIZE = ("synthetic", "dp", "private", "none")
-
-
-def public_scale(layout_name: str, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and spread of the features over the built-in synthetic sites' training splits."""
-    from skeletons.scenario import load_scenario
-
-    layout = get_layout(layout_name)
-    synthetic = load_scenario("synthetic")
-    feats = torch.cat([torch.from_numpy(sequence_features(load_site(spec, None, layout_name, num_frames).x_train, layout))
-                       for spec in synthetic.sites])
-    return feats.mean(dim=0), feats.std(dim=0).clamp_min(1e-4)
-
-
-Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps), as Opacus's RDP history
-
-
-def dp_scale(features: torch.Tensor, public: tuple[torch.Tensor, torch.Tensor], clip: float, sigma: float,
-             seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Release]]:
-    """The site's feature mean and spread by the Gaussian mechanism, on the public scale.
-
-    Each sequence's (publicly scaled) feature vector, and then its squared deviation from
-    the released mean, is clipped to L2 norm ``clip`` and summed; each sum gets Gaussian
-    noise of standard deviation ``sigma * clip``. The training-set size is treated as
-    public, as DP-SGD's sample rate does. Returns the scale and the two releases."""
-    gen = torch.Generator().manual_seed(seed + 7)
-    z = (features - public[0]) / public[1]
-
-    def noisy_mean(v: torch.Tensor) -> torch.Tensor:
-        v = v * (clip / v.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-        return (v.sum(dim=0) + sigma * clip * torch.randn(v.shape[1], generator=gen)) / len(v)
-
-    mean = noisy_mean(z)
-    var = noisy_mean((z - mean) ** 2).clamp(min=0.05)  # a floor against noise below zero
-    scale = (public[0] + mean * public[1], public[1] * var.sqrt())
-    return scale, [(sigma, 1.0, 2)]
 
 
 def sgd_noise(epsilon: float, delta: float, sample_rate: float, steps: int, before: list[Release]) -> float:
@@ -146,7 +112,9 @@ def run_bench(scenario: Scenario, data_root: str | None, args: argparse.Namespac
         if args.standardize == "private":
             scale = (f_train.mean(dim=0), f_train.std(dim=0).clamp_min(1e-4))
         if args.standardize == "dp":
-            scale, before = dp_scale(f_train, public, args.scale_clip, args.scale_noise, args.seed)
+            scale, release = dp_scale(f_train, public, args.scale_clip, args.scale_noise,
+                                      torch.Generator().manual_seed(args.seed + 7))
+            before = [release]
         if scale is not None:
             f_train, f_test = (f_train - scale[0]) / scale[1], (f_test - scale[0]) / scale[1]
         y_train, y_test = torch.from_numpy(arrays.y_train), torch.from_numpy(arrays.y_test)

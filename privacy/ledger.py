@@ -204,6 +204,7 @@ class PrivacyLedger:
     history: History = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     declined: list[dict[str, Any]] = field(default_factory=list)
+    releases: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     updated: str = ""
     where: str = ""
@@ -223,7 +224,8 @@ class PrivacyLedger:
 
     @property
     def steps(self) -> int:
-        return total_steps(self.history)
+        """DP-SGD steps composed so far (the history less the releases)."""
+        return total_steps(self.history) - sum(int(r.get("releases", 0)) for r in self.releases)
 
     def remaining(self) -> float | None:
         """Epsilon left under the target (None when there is no target)."""
@@ -255,6 +257,18 @@ class PrivacyLedger:
         entry.update(status="done", steps_taken=int(steps_taken), epsilon=self.epsilon(), at=now())
         return entry
 
+    def release(self, run: str, server_round: int, what: str, noise_multiplier: float, count: int,
+                clip: float) -> dict[str, Any]:
+        """Write down ``count`` Gaussian releases of the whole training split (sample rate 1),
+        e.g. the statistics branch's scale, so that they compose with every DP-SGD step."""
+        self.history = compose(self.history, noise_multiplier, 1.0, count)
+        entry = {
+            "run": run, "round": int(server_round), "what": what, "releases": int(count),
+            "noise_multiplier": float(noise_multiplier), "clip": float(clip), "epsilon": self.epsilon(), "at": now(),
+        }
+        self.releases.append(entry)
+        return entry
+
     def decline(self, run: str, server_round: int, reason: str) -> dict[str, Any]:
         entry = {"run": run, "round": int(server_round), "reason": reason, "epsilon": self.epsilon(), "at": now()}
         self.declined.append(entry)
@@ -280,6 +294,7 @@ class PrivacyLedger:
             "plan": self.plan,
             "rounds": self.rounds,
             "declined": self.declined,
+            "releases": self.releases,
             "updated": self.updated,
         }
 
@@ -314,6 +329,7 @@ class PrivacyLedger:
             mechanism=acc["mechanism"], delta=float(delta), site=str(data.get("site", "")),
             target_epsilon=None if target is None else float(target), history=history,
             rounds=list(data.get("rounds") or []), declined=list(data.get("declined") or []),
+            releases=list(data.get("releases") or []),
             plan=data.get("plan"), updated=str(data.get("updated", "")), where=where,
         )
 

@@ -354,6 +354,10 @@ def train_member(
 
     torch.manual_seed(seed)
     model = build_model(dataset.layout, dataset.num_classes, persons, model_config)
+    if model.statistics is not None:  # the statistics branch: the training split's own scale
+        from privacy.feature_scale import exact_scale, training_statistics
+
+        model.statistics.set_scale(*exact_scale(training_statistics(train_data[0], dataset.layout)))
     history: list[dict[str, Any]] = []
 
     def progress(record: dict[str, Any]) -> None:

@@ -139,8 +139,9 @@ def test_topology_per_sample_grads_match_autograd():
 
 # ---------------------------------------------------------------------------- roles
 
-def test_every_parameter_has_exactly_one_role_and_split_round_trips():
-    state = _model().state_dict()
+@pytest.mark.parametrize("statistics", [False, True])
+def test_every_parameter_has_exactly_one_role_and_split_round_trips(statistics):
+    state = _model(config=TINY.with_(statistics=statistics)).state_dict()
     for policy, kinds in PERSONAL_KINDS.items():
         shared, personal = split_state(state, policy)
         assert not set(shared) & set(personal)
@@ -150,7 +151,7 @@ def test_every_parameter_has_exactly_one_role_and_split_round_trips():
         merged = merge_state(shared, personal)
         assert merged.keys() == state.keys()
         assert all(merged[k] is state[k] for k in state)
-    assert {parameter_kind(k) for k in state} == set(KINDS)
+    assert {parameter_kind(k) for k in state} == set(KINDS) - ({"scale"} if not statistics else set())
 
 
 def test_fsar_personal_is_exactly_unique_scalars_and_head():

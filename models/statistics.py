@@ -1,0 +1,84 @@
+"""The statistics branch: per-sequence statistics of the raw joints, projected onto the
+embedding the head classifies.
+
+Why: under sample-level DP-SGD on a site of a few hundred sequences, the graph network's
+95k parameters drown in noise, while a linear map of a few hundred standardized
+statistics (bone lengths, posture, joint spreads and speeds) keeps most of its accuracy
+(BENCHMARKS.md, "Differential privacy"). With ``ModelConfig.statistics`` the network's
+head classifies ``[pooled + proj(z), z]`` with ``z = standardize(statistics(x))``: the
+shared projection ``proj`` maps the statistics into the graph embedding that sites
+average, and the head (personal when label sets differ) also reads ``z`` itself, so that
+an average of noisy projections does not take away what a site's head learnt. A site
+can train the branch and the head privately on top of frozen (e.g. warm-started) blocks.
+
+The standardization is the site's own: ``scale_mean`` and ``scale_std`` are buffers of
+the parameter kind ``scale``, personal under every policy, fitted once on the site's
+training split (exactly without DP, by the Gaussian mechanism under DP; see
+:mod:`privacy.feature_scale`). ``scale_fitted`` says whether that has happened.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from skeletons.layouts import Layout
+
+# Square roots get this much added so that gradients stay finite for a joint at rest.
+_SQRT_EPS = 1e-6
+
+
+def num_statistics(layout: Layout) -> int:
+    """Length of the statistics vector of one sequence in ``layout``."""
+    from privacy.bone_normalize import tree_order
+
+    bones = len(tree_order(layout))
+    joints = layout.num_joints
+    return 2 * bones + 2 * 3 * joints + 2 * joints + 3 + 1
+
+
+def sequence_statistics(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Statistics ``[N, F]`` of the first person of ``x [N, 3, T, V, M]`` (see
+    :func:`privacy.attackers.sequence_features_torch`, which this is)."""
+    from privacy.attackers import sequence_features_torch
+
+    return sequence_features_torch(x, layout, eps=_SQRT_EPS)
+
+
+class StatisticsBranch(nn.Module):
+    """The site's standardization of the statistics and their projection to ``out_dim``."""
+
+    def __init__(self, layout: Layout, out_dim: int) -> None:
+        super().__init__()
+        self.layout = layout
+        dim = num_statistics(layout)
+        self.dim = dim
+        self.register_buffer("scale_mean", torch.zeros(dim))
+        self.register_buffer("scale_std", torch.ones(dim))
+        self.register_buffer("scale_fitted", torch.zeros(()))
+        self.proj = nn.Linear(dim, out_dim)
+        nn.init.zeros_(self.proj.weight)  # starts as a no-op on the graph embedding
+        nn.init.zeros_(self.proj.bias)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.scale_fitted.item())
+
+    def set_scale(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Install the site's standardization (``std`` must be positive)."""
+        mean = torch.as_tensor(mean, dtype=self.scale_mean.dtype).reshape(-1)
+        std = torch.as_tensor(std, dtype=self.scale_std.dtype).reshape(-1)
+        if mean.shape != self.scale_mean.shape or std.shape != self.scale_std.shape:
+            raise ValueError(f"statistics scale needs {self.scale_mean.numel()} values, got "
+                             f"mean {list(mean.shape)} and std {list(std.shape)}")
+        if not torch.isfinite(mean).all() or not (std > 0).all():
+            raise ValueError("statistics scale: mean must be finite and std positive")
+        with torch.no_grad():
+            self.scale_mean.copy_(mean)
+            self.scale_std.copy_(std)
+            self.scale_fitted.fill_(1.0)
+
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardized statistics ``[N, F]`` (no parameters: free of DP noise)."""
+        raw = sequence_statistics(x, self.layout)
+        return (raw - self.scale_mean) / self.scale_std
