@@ -29,9 +29,10 @@ class ModelConfig:
     ``input_range`` rescales each sample's coordinates per axis to ``[-1, 1]`` (over
     its present joints) before the streams are derived: invariance to body size,
     distance and aspect that helps when views or sensors differ.
-    ``statistics`` adds a linear map of per-sequence statistics (bone lengths, posture,
-    speeds; :mod:`models.statistics`) to the pooled embedding: few parameters on strong
-    features, what a site can still train under DP-SGD on top of frozen graph blocks.
+    ``statistics`` lets the head read per-sequence statistics of the joints (bone
+    lengths, posture, speeds; :mod:`models.statistics`), standardized by the site's own
+    scale, and adds their linear projection to the pooled embedding: few parameters on
+    strong features, what a site can still train under DP-SGD on frozen graph blocks.
     """
 
     channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)

@@ -30,11 +30,7 @@ _SQRT_EPS = 1e-6
 
 def num_statistics(layout: Layout) -> int:
     """Length of the statistics vector of one sequence in ``layout``."""
-    from privacy.bone_normalize import tree_order
-
-    bones = len(tree_order(layout))
-    joints = layout.num_joints
-    return 2 * bones + 2 * 3 * joints + 2 * joints + 3 + 1
+    return int(sequence_statistics(torch.zeros(1, 3, 2, layout.num_joints, 1), layout).shape[1])
 
 
 def sequence_statistics(x: torch.Tensor, layout: Layout) -> torch.Tensor:
