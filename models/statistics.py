@@ -24,21 +24,46 @@ from torch import nn
 
 from skeletons.layouts import Layout
 
-# Square roots get this much added so that gradients stay finite for a joint at rest.
-_SQRT_EPS = 1e-6
+# The branch adds this much under every square root, so that gradients stay finite where
+# a joint stands still; its scale is fitted on statistics computed the same way.
+SQRT_EPS = 1e-6
+
+
+def sequence_statistics(x: torch.Tensor, layout: Layout, eps: float = 0.0) -> torch.Tensor:
+    """Per-sequence statistics ``[N, F]`` of the first person of ``x [N, 3, T, V, M]``, in
+    its dtype: bone lengths (mean, std), joint positions relative to the root (mean, std),
+    joint speeds (mean, std), root position (mean) and the share of valid frames.
+
+    With ``eps > 0`` every square root gets ``eps`` added first (trainable models read
+    them: this branch and the anonymizer's action recognizer). The privacy attackers use
+    the same statistics (:func:`privacy.attackers.sequence_features`).
+    """
+    p = x[..., 0].permute(0, 2, 3, 1)  # [N,T,V,3]
+    w = (p.abs().sum(dim=(2, 3)) > 0).to(p.dtype)[..., None]  # [N,T,1] valid frames
+    count = w.sum(dim=1).clamp_min(1.0)  # [N,1]
+
+    def mstd(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # v [N,T,K]
+        mean = (v * w).sum(dim=1) / count
+        var = (((v - mean[:, None]) ** 2) * w).sum(dim=1) / count
+        return mean, (var + eps).sqrt()
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        return (v.pow(2).sum(dim=-1) + eps).sqrt()
+
+    order = layout.parent_first_bones
+    child = [c for c, _ in order]
+    parent = [q for _, q in order]
+    bones = norm(p[:, :, child] - p[:, :, parent])  # [N,T,B]
+    rel = (p - p[:, :, layout.center : layout.center + 1]).reshape(p.shape[0], p.shape[1], -1)
+    speed = norm(torch.diff(p, dim=1, prepend=p[:, :1]))  # [N,T,V]
+    root = p[:, :, layout.center]
+    parts = [*mstd(bones), *mstd(rel), *mstd(speed), mstd(root)[0], count / p.shape[1]]
+    return torch.cat(parts, dim=1)
 
 
 def num_statistics(layout: Layout) -> int:
     """Length of the statistics vector of one sequence in ``layout``."""
     return int(sequence_statistics(torch.zeros(1, 3, 2, layout.num_joints, 1), layout).shape[1])
-
-
-def sequence_statistics(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Statistics ``[N, F]`` of the first person of ``x [N, 3, T, V, M]`` (see
-    :func:`privacy.attackers.sequence_features_torch`, which this is)."""
-    from privacy.attackers import sequence_features_torch
-
-    return sequence_features_torch(x, layout, eps=_SQRT_EPS)
 
 
 class StatisticsBranch(nn.Module):
@@ -76,5 +101,5 @@ class StatisticsBranch(nn.Module):
 
     def statistics(self, x: torch.Tensor) -> torch.Tensor:
         """The standardized statistics ``[N, F]`` (no parameters: free of DP noise)."""
-        raw = sequence_statistics(x, self.layout)
+        raw = sequence_statistics(x, self.layout, SQRT_EPS)
         return (raw - self.scale_mean) / self.scale_std

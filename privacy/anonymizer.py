@@ -70,14 +70,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from privacy.attackers import FeatureNet, MotionCNN, sequence_features_torch
+from models.statistics import sequence_statistics
+from privacy.attackers import FeatureNet, MotionCNN
 from privacy.bone_normalize import (
     BoneNormalizeConfig,
     CANONICAL_TORSO,
     canonical_bone_lengths,
     canonical_pose,
     normalize_bones,
-    tree_order,
 )
 from privacy.site_anonymization import METHODS  # the site switch's light module owns the list
 from skeletons.layouts import Layout, get_layout
@@ -240,7 +240,7 @@ class Anonymizer(nn.Module):
         self.out = nn.Conv2d(c, 3, 1)
         nn.init.zeros_(self.out.weight)  # starts as the identity on the sparsified input
         nn.init.zeros_(self.out.bias)
-        order = tree_order(layout)
+        order = layout.parent_first_bones
         unit = config.bones.unit
         self.step = _DECIMETRE if unit == "metres" else _DECIMETRE / CANONICAL_TORSO
         self.register_buffer("canon", torch.from_numpy(canonical_pose(layout, unit).T.astype(np.float32)))  # [3,V]
@@ -416,10 +416,10 @@ class _FeatureRecognizer(FeatureNet):
     so that the anonymizer can be trained through it."""
 
     def standardize_from(self, x: torch.Tensor) -> None:
-        self.norm.set_stats(sequence_features_torch(x, self.layout, eps=1e-8))
+        self.norm.set_stats(sequence_statistics(x, self.layout, eps=1e-8))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.head(self.embed(sequence_features_torch(x, self.layout, eps=1e-8)))
+        return self.head(self.embed(sequence_statistics(x, self.layout, eps=1e-8)))
 
 
 def _recognizer(layout: Layout, channels: int, classes: list[int], hidden: int, features: bool) -> nn.ModuleList:

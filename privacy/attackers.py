@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from privacy.bone_normalize import tree_order
+from models.statistics import sequence_statistics
 from skeletons.layouts import Layout
 
 ATTACKER_KINDS = ("features", "cnn")
@@ -47,36 +47,7 @@ def sequence_features(x: np.ndarray, layout: Layout) -> np.ndarray:
     speeds (mean, std), root position (mean) and the share of valid frames.
     """
     data = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    return sequence_features_torch(data, layout).numpy().astype(np.float32)
-
-
-def sequence_features_torch(x: torch.Tensor, layout: Layout, eps: float = 0.0) -> torch.Tensor:
-    """:func:`sequence_features` of a tensor ``[N,3,T,V,M]``, in its dtype.
-
-    With ``eps > 0`` every square root gets ``eps`` added first, so that gradients stay
-    finite where a joint stands still (the anonymizer's action recognizer trains through it).
-    """
-    p = x[..., 0].permute(0, 2, 3, 1)  # [N,T,V,3]
-    w = (p.abs().sum(dim=(2, 3)) > 0).to(p.dtype)[..., None]  # [N,T,1] valid frames
-    count = w.sum(dim=1).clamp_min(1.0)  # [N,1]
-
-    def mstd(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # v [N,T,K]
-        mean = (v * w).sum(dim=1) / count
-        var = (((v - mean[:, None]) ** 2) * w).sum(dim=1) / count
-        return mean, (var + eps).sqrt()
-
-    def norm(v: torch.Tensor) -> torch.Tensor:
-        return (v.pow(2).sum(dim=-1) + eps).sqrt()
-
-    order = tree_order(layout)
-    child = [c for c, _ in order]
-    parent = [q for _, q in order]
-    bones = norm(p[:, :, child] - p[:, :, parent])  # [N,T,B]
-    rel = (p - p[:, :, layout.center : layout.center + 1]).reshape(p.shape[0], p.shape[1], -1)
-    speed = norm(torch.diff(p, dim=1, prepend=p[:, :1]))  # [N,T,V]
-    root = p[:, :, layout.center]
-    parts = [*mstd(bones), *mstd(rel), *mstd(speed), mstd(root)[0], count / p.shape[1]]
-    return torch.cat(parts, dim=1)
+    return sequence_statistics(data, layout).numpy().astype(np.float32)
 
 
 class _Standardize(nn.Module):

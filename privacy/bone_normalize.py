@@ -111,7 +111,7 @@ def canonical_pose(layout: Layout, unit: str = "metres") -> np.ndarray:
             pose[i] = CANONICAL_POSE[name]
             known[i] = True
     pose -= pose[layout.center]
-    for child, parent in tree_order(layout):
+    for child, parent in layout.parent_first_bones:
         if not known[child]:
             pose[child] = pose[parent] + _DEFAULT_BONE
     if unit == "torso":
@@ -122,15 +122,9 @@ def canonical_pose(layout: Layout, unit: str = "metres") -> np.ndarray:
 
 
 def canonical_bone_lengths(layout: Layout, unit: str = "metres") -> np.ndarray:
-    """Length of each bone of :func:`tree_order` in the canonical body."""
+    """Length of each bone, in ``Layout.parent_first_bones`` order, in the canonical body."""
     pose = canonical_pose(layout, unit)
-    return np.array([np.linalg.norm(pose[c] - pose[p]) for c, p in tree_order(layout)])
-
-
-def tree_order(layout: Layout) -> list[tuple[int, int]]:
-    """``(child, parent)`` bones sorted so that every parent is placed before its child."""
-    depth = layout.depth
-    return sorted(layout.directed_bones, key=lambda b: (depth[b[0]], b[0]))
+    return np.array([np.linalg.norm(pose[c] - pose[p]) for c, p in layout.parent_first_bones])
 
 
 def valid_frames(x: np.ndarray) -> np.ndarray:
@@ -159,9 +153,9 @@ def normalize_bones(
 
 
 def bone_lengths(x: np.ndarray, layout: Layout) -> np.ndarray:
-    """Bone lengths ``[N, T, M, B]`` in :func:`tree_order`, for checks and features."""
+    """Bone lengths ``[N, T, M, B]`` in ``Layout.parent_first_bones`` order, for checks and features."""
     x = _check(x, layout)
-    order = tree_order(layout)
+    order = layout.parent_first_bones
     child = [c for c, _ in order]
     parent = [p for _, p in order]
     d = x[:, :, :, child, :] - x[:, :, :, parent, :]  # [N,3,T,B,M]
@@ -264,7 +258,7 @@ def _frame(lateral: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 def _rebuild(j: np.ndarray, valid: np.ndarray, layout: Layout, cfg: BoneNormalizeConfig) -> np.ndarray:
     """Forward kinematics with canonical lengths along the observed bone directions."""
-    order = tree_order(layout)
+    order = layout.parent_first_bones
     canon = canonical_pose(layout, cfg.unit)
     lengths = canonical_bone_lengths(layout, cfg.unit)
     child = np.array([c for c, _ in order])

@@ -460,8 +460,8 @@ def fit_statistics_scale(
     branch = getattr(model, "statistics", None)
     if branch is None or branch.fitted:
         return None
-    from privacy.feature_scale import (SCALE_CLIP, dp_scale, exact_scale, public_scale, release_noise,
-                                       training_statistics)
+    from privacy.feature_scale import (SCALE_CLIP, SCALE_RELEASES, dp_scale, exact_scale, public_scale,
+                                       release_noise, training_statistics)
 
     features = training_statistics(x_train, model.layout)
     own, ledger_path = site_privacy(context.node_config)
@@ -475,7 +475,8 @@ def fit_statistics_scale(
     stop: BudgetExhausted | None = None
     with transaction(ledger_store(context, ledger_path), site=site, mechanism=settings.accountant,
                      delta=settings.delta) as ledger:
-        after = epsilon_of(compose(ledger.history, noise, 1.0, 2), settings.accountant, settings.delta)
+        ledger.delta = settings.delta  # as a DP-SGD round sets it
+        after = ledger.epsilon_after(noise, 1.0, SCALE_RELEASES)
         if settings.epsilon is not None and after > settings.epsilon * (1 + 1e-9):
             reason = (f"releasing the statistics scale would raise epsilon from {ledger.epsilon():.4f} to "
                       f"{after:.4f}, over the budget {settings.epsilon} (delta {settings.delta})")

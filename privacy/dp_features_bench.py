@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from privacy.attackers import sequence_features
+from privacy.dp import noise_for_budget
 from privacy.feature_scale import Release, dp_scale, public_scale
 from skeletons.atomic import write_report
 from skeletons.layouts import get_layout
@@ -38,22 +39,6 @@ from skeletons.scenario import Scenario
 from skeletons.site_data import load_site
 
 STANDARDIZE = ("synthetic", "dp", "private", "none")
-
-
-def sgd_noise(epsilon: float, delta: float, sample_rate: float, steps: int, before: list[Release]) -> float:
-    """The smallest DP-SGD noise multiplier that keeps ``before`` plus training within epsilon (RDP)."""
-    from opacus.accountants import RDPAccountant
-
-    low, high = 0.1, 100.0
-    for _ in range(50):
-        mid = (low + high) / 2
-        accountant = RDPAccountant()
-        accountant.history = [*before, (mid, sample_rate, steps)]
-        if accountant.get_epsilon(delta) > epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
 
 
 def site_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
@@ -78,7 +63,7 @@ def site_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
             warnings.simplefilter("ignore")  # Opacus's note on its non-cryptographic RNG
             engine = PrivacyEngine(accountant="rdp")
             sample_rate = 1.0 / len(loader)
-            noise = sgd_noise(epsilon, args.delta, sample_rate, args.epochs * len(loader), before or [])
+            noise = noise_for_budget(before or [], "rdp", epsilon, args.delta, sample_rate, args.epochs * len(loader))
             model, optimizer, loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
                 max_grad_norm=args.max_grad_norm)

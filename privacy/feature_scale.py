@@ -31,6 +31,7 @@ Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps), as
 SCALE_CLIP = 15.0
 MIN_SCALE_NOISE = 4.0
 SCALE_BUDGET_SHARE = 0.2
+SCALE_RELEASES = 2  # the mean, then the spread around it
 _STD_FLOOR = 1e-4
 _VAR_FLOOR = 0.05  # on the public scale: released variances below it are noise
 
@@ -52,10 +53,10 @@ def public_scale(layout_name: str, num_frames: int) -> Scale:
 def training_statistics(x: Any, layout: Layout) -> torch.Tensor:
     """The statistics ``[N, F]`` of a split ``x [N, 3, T, V, M]`` (array or tensor), computed
     in float64 so that sums over long sequences stay exact."""
-    from models.statistics import sequence_statistics
+    from models.statistics import SQRT_EPS, sequence_statistics
 
-    with torch.no_grad():
-        return sequence_statistics(torch.as_tensor(np.asarray(x), dtype=torch.float64), layout).float()
+    with torch.no_grad():  # as the branch computes them, so that the scale fits what it reads
+        return sequence_statistics(torch.as_tensor(np.asarray(x), dtype=torch.float64), layout, SQRT_EPS).float()
 
 
 def exact_scale(features: torch.Tensor) -> Scale:
@@ -80,29 +81,20 @@ def dp_scale(features: torch.Tensor, public: Scale, clip: float, noise: float,
     mean = noisy_mean(z)
     var = noisy_mean((z - mean) ** 2).clamp(min=_VAR_FLOOR)
     scale = (public[0] + (mean * public[1].double()).float(), (public[1].double() * var.sqrt()).float())
-    return scale, (float(noise), 1.0, 2)
+    return scale, (float(noise), 1.0, SCALE_RELEASES)
 
 
 def release_noise(target_epsilon: float | None, delta: float, mechanism: str) -> float:
     """Noise of the DP scale release: at least :data:`MIN_SCALE_NOISE`, and enough that
     the release alone spends at most :data:`SCALE_BUDGET_SHARE` of ``target_epsilon``."""
-    from privacy.ledger import epsilon_of
+    from privacy.dp import BudgetExhausted, noise_for_budget
 
     if target_epsilon is None:
         return MIN_SCALE_NOISE
     cap = SCALE_BUDGET_SHARE * float(target_epsilon)
-    low, high = MIN_SCALE_NOISE, MIN_SCALE_NOISE
-    while epsilon_of([(high, 1.0, 2)], mechanism, delta) > cap:
-        low, high = high, high * 2
-        if high > 1e4:  # the accountant's orders bound how small an epsilon it can show
-            raise ValueError(f"dp-epsilon {target_epsilon:g}: no noise keeps the statistics scale release within "
-                             f"{SCALE_BUDGET_SHARE:g} of it ({cap:g}); ask for a larger epsilon")
-    if high == MIN_SCALE_NOISE:
-        return high
-    for _ in range(40):
-        mid = (low + high) / 2
-        if epsilon_of([(mid, 1.0, 2)], mechanism, delta) > cap:
-            low = mid
-        else:
-            high = mid
-    return high
+    try:
+        noise = noise_for_budget([], mechanism, cap, delta, 1.0, SCALE_RELEASES)
+    except BudgetExhausted:  # the accountant's orders bound how small an epsilon it can show
+        raise ValueError(f"dp-epsilon {target_epsilon:g}: no noise keeps the statistics scale release within "
+                         f"{SCALE_BUDGET_SHARE:g} of it ({cap:g}); ask for a larger epsilon") from None
+    return max(MIN_SCALE_NOISE, noise)

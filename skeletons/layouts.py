@@ -104,6 +104,12 @@ class Layout:
         d = self.depth
         return tuple((a, b) if d[a] > d[b] else (b, a) for a, b in self.bones)
 
+    @cached_property
+    def parent_first_bones(self) -> tuple[tuple[int, int], ...]:
+        """(child, parent) bones sorted so that every parent is placed before its child."""
+        d = self.depth
+        return tuple(sorted(self.directed_bones, key=lambda b: (d[b[0]], b[0])))
+
     def adjacency(self) -> np.ndarray:
         """Spatial partitions for a GCN, float32 ``[3, V, V]``: self, inward, outward.
 

@@ -216,14 +216,15 @@ def test_prototype_mix_pulls_people_towards_the_average_performer() -> None:
 
 
 def test_feature_statistics_match_the_audit_and_keep_gradients_finite() -> None:
-    from privacy.attackers import sequence_features, sequence_features_torch
+    from models.statistics import sequence_statistics
+    from privacy.attackers import sequence_features
 
     x = random_people(KINECT_V1, n=3, t=10)
     x[0, :, 6:] = 0.0  # padding frames
     x[1, :, :, 4] = x[1, :, :1, 4]  # a joint that never moves: speed 0, sqrt'(0) is infinite
     exact = sequence_features(x, KINECT_V1)
     data = torch.from_numpy(x).requires_grad_(True)
-    smooth = sequence_features_torch(data, KINECT_V1, eps=1e-8)
+    smooth = sequence_statistics(data, KINECT_V1, eps=1e-8)
     np.testing.assert_allclose(smooth.detach().numpy(), exact, atol=1e-3)
     smooth.sum().backward()
     assert data.grad is not None and torch.isfinite(data.grad).all() and data.grad.abs().sum() > 0

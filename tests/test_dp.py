@@ -301,10 +301,10 @@ def test_dp_features_bench_pays_the_scale_releases_from_the_same_budget(tmp_path
     from opacus.accountants import RDPAccountant
 
     from privacy import dp_features_bench
-    from privacy.dp_features_bench import sgd_noise
 
-    releases = [(4.0, 1.0, 2)]
-    alone, shared = sgd_noise(8.0, 1e-5, 0.1, 400, []), sgd_noise(8.0, 1e-5, 0.1, 400, releases)
+    releases = [(4.0, 1.0, 2)]  # the bench sizes its DP-SGD noise as a site's ledger does
+    alone = noise_for_budget([], "rdp", 8.0, 1e-5, 0.1, 400)
+    shared = noise_for_budget(releases, "rdp", 8.0, 1e-5, 0.1, 400)
     assert shared > alone
     accountant = RDPAccountant()
     accountant.history = [*releases, (shared, 0.1, 400)]

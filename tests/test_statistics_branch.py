@@ -11,7 +11,7 @@ from flwr.app import Context, RecordDict
 from client.trainer import TrainConfig, make_optimizer, train
 from models import ModelConfig, build_model
 from models.roles import POLICIES, is_frozen, parameter_kind, split_state
-from models.statistics import num_statistics, sequence_statistics
+from models.statistics import SQRT_EPS, num_statistics, sequence_statistics
 from privacy.dp import BudgetExhausted, DPSettings, fit_statistics_scale, train_private
 from privacy.feature_scale import MIN_SCALE_NOISE, SCALE_BUDGET_SHARE, release_noise
 from privacy.ledger import ContextStore, epsilon_of, load
@@ -57,7 +57,7 @@ def test_the_head_reads_the_projected_statistics_in_the_embedding_and_the_statis
     with torch.no_grad():
         branch.statistics.proj.weight.normal_()
         branch.head.weight.normal_()
-    z = sequence_statistics(x, LAYOUT)
+    z = sequence_statistics(x, LAYOUT, SQRT_EPS)
     assert z.shape == (6, dim)
     pooled = branch.embed(x)
     expected = branch.head(torch.cat([pooled + branch.statistics.proj(z), z], dim=1))
@@ -87,7 +87,7 @@ def test_without_dp_the_scale_is_the_training_splits_own_and_fitted_once():
     x, _ = skeletons()
     ctx = context()
     assert fit_statistics_scale(ctx, {"server-round": 1}, "a", model, x.numpy()) == "exact"
-    stats = sequence_statistics(x.double(), LAYOUT).float()
+    stats = sequence_statistics(x.double(), LAYOUT, SQRT_EPS).float()
     torch.testing.assert_close(model.statistics.scale_mean, stats.mean(0))
     torch.testing.assert_close(model.statistics.scale_std, stats.std(0).clamp_min(1e-4))
     assert model.statistics.fitted
@@ -113,7 +113,7 @@ def test_under_dp_the_release_is_in_the_ledger_and_dp_sgd_composes_on_top_of_it(
     assert "released   statistics scale" in format_summary(summarize(ledger), ledger)
     assert ledger.epsilon() == pytest.approx(epsilon_of([(noise, 1.0, 2)], "rdp", 1e-5))
     assert ledger.epsilon() <= SCALE_BUDGET_SHARE * 4.0 + 1e-9
-    exact = sequence_statistics(x.double(), LAYOUT).float().mean(0)
+    exact = sequence_statistics(x.double(), LAYOUT, SQRT_EPS).float().mean(0)
     assert not torch.allclose(model.statistics.scale_mean, exact), "the released mean carries noise"
 
     for p in model.blocks.parameters():  # the DP recipe: frozen graph blocks, a private branch and head
