@@ -31,9 +31,10 @@ from typing import Any, TextIO
 from server.checkpoint import RoundCheckpoints
 from server.control import Control, ControlError
 from server.federation_config import FederationConfig
+from server.metrics import STATE_ENV
 from server.status import read_status, write_status
 from skeletons.atomic import write_json
-from skeletons.processes import spawn, stop_process
+from skeletons.processes import processes_marked, spawn, stop_pids, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +208,25 @@ class Coordinator:
         })
 
     # -- lifecycle ---------------------------------------------------------------------
+    def stop_leftovers(self) -> None:
+        """Stop what a killed coordinator with this state folder left running.
+
+        Its SuperExec would otherwise reconnect to the new SuperLink on the same address,
+        claim the new run's ServerApp task, and take it down when it notices its own
+        SuperLink is gone. The state folder's lock, held here, means no live coordinator
+        owns these processes.
+        """
+        leftovers = processes_marked(STATE_ENV, str(self.config.state_dir))
+        if leftovers:
+            stop_pids(leftovers)
+            self.say(f"stopped {len(leftovers)} processes left over from the previous coordinator process "
+                     f"(pids {', '.join(map(str, leftovers))})")
+
     def start_superlink(self) -> None:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-* of this install
         env["FLWR_HOME"] = str(self.config.state_dir / "flwr")
-        env["FEDSAR_COORDINATOR_STATE"] = str(self.config.state_dir)
+        env[STATE_ENV] = str(self.config.state_dir)  # marks every process the SuperLink starts
         log_path = self.config.log_dir / "superlink.log"
         self.superlink = spawn(superlink_command(self.config), log_path, env)
         self.control = Control(self.config.address, self.config.ca_certificate, timeout=20.0)
@@ -338,6 +353,7 @@ class Coordinator:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         keys = self.preflight()
         self._take_lock()
+        self.stop_leftovers()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:

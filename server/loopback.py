@@ -135,6 +135,16 @@ class LoopbackFederation:
         path = self.root / "out" / f"{label}.log"
         return path.read_text(errors="replace") if path.is_file() else ""
 
+    def coordinator_report(self, lines: int = 40) -> str:
+        """The coordinator's output and the ends of its ServerApp and SuperLink logs, for a failed check."""
+        parts = [self.output("coordinator")]
+        for name in ("serverapp.log", "superlink.log"):
+            path = self.state / "logs" / name
+            if path.is_file():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- last {len(tail)} lines of {path}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
     def start_coordinator(self, resume: bool = False) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "server.cli", "start", "--config", str(self.federation_toml)]
         return self._start("coordinator", cmd + (["--resume"] if resume else []))

@@ -286,3 +286,41 @@ def test_app_bundle_carries_the_run_config_and_no_code(tmp_path):
     cmd = superlink_command(config)
     assert {"--enable-supernode-auth", "--disable-runtime-dependency-installation"} <= set(cmd)
     assert "--insecure" not in cmd and cmd[cmd.index("--ssl-certfile") + 1] == str(config.certificate)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finding leftovers reads /proc (Linux)")
+def test_a_new_coordinator_stops_what_a_killed_one_left_behind(tmp_path):
+    """A killed coordinator's SuperExec lives in a session of its own and would claim the
+    next run's ServerApp task; the next coordinator on the same state folder stops it first."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from server.daemon import Coordinator
+    from server.metrics import STATE_ENV
+    from skeletons.processes import processes_marked
+
+    config = load_federation_config(EXAMPLES / "federation.toml")
+    config.state_dir = tmp_path / "state"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def detached(state: Path) -> subprocess.Popen:
+        return subprocess.Popen(sleeper, env={**os.environ, STATE_ENV: str(state)}, start_new_session=True)
+
+    orphan, other = detached(config.state_dir), detached(tmp_path / "another-coordinator")
+    try:
+        deadline = time.monotonic() + 20
+        while orphan.pid not in processes_marked(STATE_ENV, str(config.state_dir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_marked(STATE_ENV, str(config.state_dir)) == [orphan.pid]
+        out = io.StringIO()
+        Coordinator(config, out=out).stop_leftovers()
+        assert orphan.wait(15) is not None
+        assert other.poll() is None  # another coordinator's process is left alone
+        assert f"stopped 1 processes left over from the previous coordinator process (pids {orphan.pid})" in out.getvalue()
+        assert processes_marked(STATE_ENV, str(config.state_dir)) == []
+    finally:
+        for proc in (orphan, other):
+            proc.kill()
+            proc.wait(5)

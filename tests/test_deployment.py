@@ -99,7 +99,7 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
         names = {n.name for n in link.list_nodes() if n.status == "online"}
     assert names <= set(HONEST) | {"tamperer"}  # neither the rogue nor the plain node ever joined
 
-    assert fed.wait_coordinator_exit(420) == 0, fed.output("coordinator")
+    assert fed.wait_coordinator_exit(420) == 0, fed.coordinator_report()
     status = fed.status()
     assert status["state"] == "completed" and status["rounds_completed"] == 2
     for record in status["rounds"]:
@@ -135,7 +135,7 @@ def test_coordinator_killed_and_resumed_matches_uninterrupted(federation):
         pytest.skip(f"the coordinator finished round {status['rounds_completed']} before it could be killed")
 
     fed.start_coordinator(resume=True)
-    assert fed.wait_coordinator_exit(360) == 0, fed.output("coordinator")
+    assert fed.wait_coordinator_exit(360) == 0, fed.coordinator_report()
     status = fed.status()
     assert status["state"] == "completed" and status["first_round"] == 2 and status["resumed"]
     assert [r["round"] for r in status["rounds"]] == [1, 2]
@@ -170,7 +170,7 @@ def test_killed_site_is_left_out_and_rejoins(federation):
     # up its pending round-2 message under the same node identity and answer it late.
     fed.wait_rounds(2, 300)
     fed.start_site("site-c")
-    assert fed.wait_coordinator_exit(480) == 0, fed.output("coordinator")
+    assert fed.wait_coordinator_exit(480) == 0, fed.coordinator_report()
     status = fed.status()
     rounds = status["rounds"]
     assert status["state"] == "completed" and len(rounds) == 4
