@@ -30,6 +30,8 @@ from client.site import (
     site_data,
     site_setup,
     split_parameters,
+    with_group_head,
+    with_tagged_head,
 )
 from models.roles import check_global_mix, is_frozen
 from privacy.central import clipping_when_requested
@@ -69,6 +71,7 @@ def train(msg: Message, context: Context) -> Message:
     if personal is None:  # a deployed site after a restart or in a resumed federation
         personal = load_personal(context, config)
     received = _unless_own_model(received, personal, policy)
+    received, personal = with_group_head(received, personal, config, data.classes)
     load_parameters(model, received, personal)
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
 
@@ -120,11 +123,12 @@ def train(msg: Message, context: Context) -> Message:
 
     shared, personal = split_parameters(model, policy, shared_blocks)
     keep_personal(context, personal)
+    sent = with_tagged_head(shared, personal, config, data.classes)
     if mix < 1:
         keep_own_shared(context, shared)
     save_personal(context, config, personal, own=shared if mix < 1 else None)
     reply = RecordDict({
-        "arrays": shared,
+        "arrays": sent,
         "metrics": MetricRecord({
             "num-examples": int(len(data.y_train)),
             "train-loss": float(metrics["loss"]),
@@ -188,8 +192,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     personal = personal_from_state(context)
     if personal is None:
         personal = load_personal(context, config, evaluating=True)
-    load_parameters(model, _unless_own_model(msg.content["arrays"], personal, str(config.get("policy", "fsar"))),
-                    personal)
+    received = _unless_own_model(msg.content["arrays"], personal, str(config.get("policy", "fsar")))
+    received, personal = with_group_head(received, personal, config, data.classes)
+    load_parameters(model, received, personal)
     result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
     reply = RecordDict({
         "metrics": MetricRecord({

@@ -142,6 +142,35 @@ def load_parameters(model: torch.nn.Module, shared: ArrayRecord, personal: Array
     model.load_state_dict(state)
 
 
+def with_group_head(
+    received: ArrayRecord, personal: ArrayRecord | None, config: Mapping[str, Any], classes: list[str]
+) -> tuple[ArrayRecord, ArrayRecord | None]:
+    """(shared part to load, personal part) of a received global record: under
+    ``group-heads`` the head that the site's label group averaged replaces its own, and
+    every group's head is left out of the shared part (see models.label_groups)."""
+    from models.label_groups import is_group_key, label_group, own_group
+
+    if not any(is_group_key(k) for k in received.keys()):
+        return received, personal
+    plain = ArrayRecord(OrderedDict((k, v) for k, v in received.items() if not is_group_key(k)))
+    head = own_group(received, label_group(classes)) if bool(config.get("group-heads", False)) else {}
+    if not head:
+        return plain, personal
+    merged = OrderedDict(personal.items()) if personal is not None else OrderedDict()
+    merged.update(head)
+    return plain, ArrayRecord(merged)
+
+
+def with_tagged_head(shared: ArrayRecord, personal: ArrayRecord, config: Mapping[str, Any],
+                     classes: list[str]) -> ArrayRecord:
+    """``shared`` plus, under ``group-heads``, the site's head tagged with its label group."""
+    if not bool(config.get("group-heads", False)):
+        return shared
+    from models.label_groups import label_group, tagged_heads
+
+    return ArrayRecord(OrderedDict([*shared.items(), *tagged_heads(dict(personal.items()), label_group(classes)).items()]))
+
+
 def split_parameters(
     model: torch.nn.Module, policy: str, shared_blocks: int = 0
 ) -> tuple[ArrayRecord, ArrayRecord]:

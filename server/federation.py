@@ -170,6 +170,28 @@ def with_run_anonymization(scenario: Scenario, value: Any) -> Scenario:
     return scenario
 
 
+def check_group_heads(settings: RunSettings, privacy_report: dict[str, Any]) -> bool:
+    """Whether the run averages heads within label groups; refuses what cannot carry them.
+
+    Group heads are keys only some sites send, so they need a plain weighted average:
+    server momentum, central DP (clipping of each site's whole update) and secure
+    aggregation (a sum over vectors of one shape) all assume every site sends every key.
+    """
+    if not settings.group_heads:
+        return False
+    problems = []
+    if settings.strategy == "local":
+        problems.append("strategy 'local' shares nothing")
+    if settings.server_momentum > 0:
+        problems.append(f"server-momentum = {settings.server_momentum}")
+    for option in ("central_dp", "secure_aggregation"):
+        if privacy_report.get(option):
+            problems.append(option.replace("_", " "))
+    if problems:
+        raise ValueError(f"run config 'group-heads' does not combine with: {'; '.join(problems)}")
+    return True
+
+
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
     scenario = with_run_anonymization(resolve_scenario(settings.scenario, settings.paths_file or None),
@@ -224,6 +246,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "device": settings.device,
         "federation": str(settings.extra.get("federation", "")),
         "eval-trained": settings.eval_trained,
+        "group-heads": settings.group_heads,
     })
     out = Path(settings.out_dir) if settings.out_dir else None
     from privacy.coordinator import coordinator_privacy  # site DP keys, central DP, secure aggregation
@@ -234,6 +257,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     )
     for key, value in privacy.train_keys.items():
         train_config[key] = value
+    strategy.group_heads = check_group_heads(settings, privacy.report())
     from client.personal_phase import check_personal_epochs
     from privacy.dp import DPSettings
 

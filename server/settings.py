@@ -43,6 +43,7 @@ class RunSettings:
     server_momentum: float = 0.0
     share_head: bool = False  # fsar over sites with one label set: the head is averaged too
     personal_norms: bool = False  # fsar: the normalization layers' parameters stay on the sites
+    group_heads: bool = False  # sites with one label set average their personal heads (models.label_groups)
     global_mix: float = 1.0  # sites start a round at own + mix * (global - own) of the shared part
     shared_blocks: int = 0  # 0: every block may be shared; k: blocks after k stay on the sites
     frozen_blocks: int = 0  # k: sites do not train the input stage and blocks 1..k (a warm start's features)

@@ -47,6 +47,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="fsar over sites with one label set: average the classifier head too "
                              "(FSAR as published keeps it on each site; other strategies share it "
                              "whenever the label set is shared)")
+    parser.add_argument("--group-heads", action="store_true", default=None,
+                        help="sites whose label sets are identical average their classifier heads with "
+                             "each other (where the policy keeps heads on the sites); under DP-SGD this "
+                             "pools the classifier of small sites with one label set")
     parser.add_argument("--personal-norms", action="store_true", default=None,
                         help="fsar: keep the normalization layers' parameters on each site too, as "
                              "fedbn does for fedavg (FSAR's split averages them)")
@@ -95,7 +99,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "learning-rate": args.lr, "lr-schedule": args.lr_schedule, "eval-every": args.eval_every, "model-preset": args.model_preset,
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
-        "share-head": args.share_head, "personal-norms": args.personal_norms,
+        "share-head": args.share_head, "personal-norms": args.personal_norms, "group-heads": args.group_heads,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,

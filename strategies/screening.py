@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from models.label_groups import is_group_key
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,10 @@ def arrays_nbytes(arrays: ArrayRecord) -> int:
     return int(sum(len(a.data) for a in arrays.values()))
 
 
-def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool) -> str | None:
-    """Why a reply cannot be aggregated, or None when it is sound."""
+def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool, group_heads: bool = False) -> str | None:
+    """Why a reply cannot be aggregated, or None when it is sound. With ``group_heads`` a
+    reply may also carry its label group's head (models.label_groups), which need not be
+    in ``expected`` (a group's first round) and is checked against it where it is."""
     if msg.has_error():
         return f"site reported an error: {msg.error.reason}"
     content = msg.content
@@ -110,11 +115,14 @@ def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool)
         return f"expected one ArrayRecord, got {len(records)}"
     arrays = records[0]
     if expected is not None:
-        missing = set(expected.keys()) - set(arrays.keys())
-        extra = set(arrays.keys()) - set(expected.keys())
+        grouped = {k for k in set(arrays.keys()) | set(expected.keys()) if group_heads and is_group_key(k)}
+        missing = set(expected.keys()) - set(arrays.keys()) - grouped
+        extra = set(arrays.keys()) - set(expected.keys()) - grouped
         if missing or extra:
             return f"parameter keys differ (missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})"
         for key, ref in expected.items():
+            if key not in arrays:  # another label group's head
+                continue
             got = arrays[key]
             if tuple(got.shape) != tuple(ref.shape) or got.dtype != ref.dtype:
                 return f"parameter {key!r} is {got.dtype}{tuple(got.shape)}, expected {ref.dtype}{tuple(ref.shape)}"
@@ -122,6 +130,23 @@ def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool)
         if not np.isfinite(arr.numpy()).all():
             return f"parameter {key!r} holds NaN or Inf"
     return None
+
+
+def average_group_heads(replies: list[Message], weight_key: str) -> dict[str, Array]:
+    """Each label group's head keys averaged over the replies that carry them, weighted
+    by ``weight_key`` (the sites' training examples)."""
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    dtypes: dict[str, np.dtype] = {}
+    for msg in replies:
+        weight = float(next(iter(msg.content.metric_records.values()))[weight_key])
+        for key, array in next(iter(msg.content.array_records.values())).items():
+            if is_group_key(key):
+                value = array.numpy()
+                dtypes[key] = value.dtype
+                sums[key] = sums.get(key, 0.0) + value.astype(np.float64) * weight
+                weights[key] = weights.get(key, 0.0) + weight
+    return {k: Array(np.ascontiguousarray((sums[k] / weights[k]).astype(dtypes[k]))) for k in sorted(sums)}
 
 
 class ScreenedRounds:
@@ -137,6 +162,7 @@ class ScreenedRounds:
     eval_every: int = 1
     num_rounds: int = 0
     lr_schedule: str = "constant"  # of the sites' learning rate over rounds
+    group_heads: bool = False  # sites with one label set average their heads (models.label_groups)
 
     def init_rounds(self, client_config: dict[str, Any] | None = None, eval_every: int = 1, num_rounds: int = 0) -> None:
         self.client_config = dict(client_config or {})
@@ -174,7 +200,7 @@ class ScreenedRounds:
                 for arrays in msg.content.array_records.values():
                     record.uplink_bytes += arrays_nbytes(arrays)
                     record.received_keys = sorted(set(record.received_keys) | set(arrays.keys()))
-            problem = reply_problem(msg, self._expected if need_arrays else None, need_arrays)
+            problem = reply_problem(msg, self._expected if need_arrays else None, need_arrays, self.group_heads)
             if problem is None:
                 good.append(msg)
             else:
@@ -213,7 +239,18 @@ class ScreenedRounds:
         return True
 
     def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return super().aggregate_train(server_round, good)  # type: ignore[misc]
+        if not self.group_heads:
+            return super().aggregate_train(server_round, good)  # type: ignore[misc]
+        heads = average_group_heads(good, self.weighted_by_key)  # type: ignore[attr-defined]
+        for msg in good:  # the strategy averages the rest, which every site sends
+            name, arrays = next(iter(msg.content.array_records.items()))
+            msg.content[name] = ArrayRecord(OrderedDict((k, v) for k, v in arrays.items() if not is_group_key(k)))
+        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        if arrays is None:
+            return arrays, metrics
+        kept = {k: v for k, v in (self._expected or ArrayRecord()).items() if is_group_key(k) and k not in heads}
+        merged = {**kept, **heads}  # a group none of whose sites trained this round keeps its head
+        return ArrayRecord(OrderedDict([*arrays.items(), *sorted(merged.items())])), metrics
 
     # -- evaluation ----------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:

@@ -1,0 +1,55 @@
+"""Heads shared by the sites that have one label set (run option ``group-heads``).
+
+Under a policy that keeps the classifier head personal (sites with different label
+sets), sites whose label lists are identical, in the same order, can still average
+their heads with each other. A site sends its head under keys tagged with its label
+group, ``label-group.<tag>.<parameter>``; the server averages each group's keys over
+the replies that carry them and keeps the others' last values; a site loads only its
+own group's head from the global record. Under DP-SGD this is what lets small sites
+with one label set pool their classifier: the averaged head carries the noise of
+several sites' updates divided among them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+from models.roles import parameter_kind
+
+PREFIX = "label-group."
+V = TypeVar("V")
+
+
+def label_group(classes: Sequence[str]) -> str:
+    """A short tag that is equal for two sites exactly when their ordered label lists are."""
+    return hashlib.sha256("\n".join(classes).encode()).hexdigest()[:12]
+
+
+def group_key(tag: str, name: str) -> str:
+    return f"{PREFIX}{tag}.{name}"
+
+
+def is_group_key(key: str) -> bool:
+    return key.startswith(PREFIX)
+
+
+def key_group(key: str) -> str:
+    """The tag of a group key."""
+    return key[len(PREFIX):].split(".", 1)[0]
+
+
+def without_groups(arrays: Mapping[str, V]) -> dict[str, V]:
+    return {k: v for k, v in arrays.items() if not is_group_key(k)}
+
+
+def own_group(arrays: Mapping[str, V], tag: str) -> dict[str, V]:
+    """The parameters of group ``tag`` in ``arrays``, under the model's own names."""
+    start = group_key(tag, "")
+    return {k[len(start):]: v for k, v in arrays.items() if k.startswith(start)}
+
+
+def tagged_heads(personal: Mapping[str, V], tag: str) -> dict[str, V]:
+    """The head parameters among ``personal``, under group ``tag``'s keys."""
+    return {group_key(tag, k): v for k, v in personal.items() if parameter_kind(k) == "head"}

@@ -1,0 +1,103 @@
+"""``group-heads``: sites whose label lists are identical average their classifier heads,
+under policies that otherwise keep every head on its site (models.label_groups)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+
+from models.label_groups import group_key, is_group_key, label_group, own_group, tagged_heads
+from models.roles import parameter_kind
+from server.federation import check_group_heads
+from server.settings import RunSettings
+from strategies.registry import StrategyOptions, build_strategy
+from strategies.screening import reply_problem
+from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
+
+GROUPS = Path(__file__).parent / "scenarios" / "label-groups.toml"
+A, B = label_group(["wave", "kick", "sit"]), label_group(["kick", "wave", "sit"])
+
+
+def test_a_group_is_the_ordered_label_list():
+    assert A == label_group(["wave", "kick", "sit"]) and A != B  # the same names in another order are not one head
+    personal = {"head.weight": 1, "head.bias": 2, "blocks.0.gcn.topology.unique": 3}
+    tagged = tagged_heads(personal, A)
+    assert set(tagged) == {group_key(A, "head.weight"), group_key(A, "head.bias")}
+    assert all(is_group_key(k) for k in tagged)
+    assert own_group({**tagged, **tagged_heads(personal, B), "w": 0}, A) == {"head.weight": 1, "head.bias": 2}
+
+
+def reply(node: int, n: float, arrays: dict[str, torch.Tensor]) -> Message:
+    content = RecordDict({"arrays": ArrayRecord(OrderedDict(arrays)),
+                          "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5, "train-seconds": 1.0}),
+                          "site": ConfigRecord({"site-name": f"site-{node}"})})
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
+                    group_id="1", created_at=time.time(), ttl=60.0, message_type="train")
+    return Message(content=content, metadata=meta)
+
+
+def test_the_server_averages_each_group_over_its_own_sites_and_keeps_absent_groups():
+    strategy = build_strategy("fedavg", StrategyOptions(), eval_every=1, num_rounds=1, num_sites=3)
+    strategy.group_heads = True
+    absent = label_group(["only", "elsewhere"])
+    strategy._expected = ArrayRecord(OrderedDict(w=torch.zeros(2), **{group_key(absent, "head.bias"): torch.full((2,), 7.0)}))
+    strategy._round_started = time.perf_counter()
+    strategy.record_for(1).sites_asked = 3
+    a, b = group_key(A, "head.bias"), group_key(B, "head.bias")
+    replies = [
+        reply(1, 10, {"w": torch.ones(2), a: torch.ones(3)}),
+        reply(2, 30, {"w": 3 * torch.ones(2), a: 5 * torch.ones(3)}),
+        reply(3, 20, {"w": 2 * torch.ones(2), b: -torch.ones(3)}),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.record_for(1).sites_ok == 3
+    np.testing.assert_allclose(arrays["w"].numpy(), (10 * 1 + 30 * 3 + 20 * 2) / 60)  # every site
+    np.testing.assert_allclose(arrays[a].numpy(), (10 * 1 + 30 * 5) / 40)  # group A's two sites only
+    np.testing.assert_allclose(arrays[b].numpy(), -1.0)
+    np.testing.assert_allclose(arrays[group_key(absent, "head.bias")].numpy(), 7.0)  # no site of it this round
+
+
+def test_group_keys_pass_screening_only_when_the_run_groups_heads():
+    expected = ArrayRecord(OrderedDict(w=torch.zeros(2), **{group_key(A, "head.bias"): torch.zeros(3)}))
+    other_group = reply(1, 10, {"w": torch.ones(2), group_key(B, "head.bias"): torch.ones(4)})
+    assert reply_problem(other_group, expected, True, group_heads=True) is None
+    assert "keys differ" in reply_problem(other_group, expected, True, group_heads=False)
+    wrong_shape = reply(1, 10, {"w": torch.ones(2), group_key(A, "head.bias"): torch.ones(4)})
+    assert "head.bias" in reply_problem(wrong_shape, expected, True, group_heads=True)
+    assert "keys differ" in reply_problem(reply(1, 10, {group_key(A, "head.bias"): torch.ones(3)}), expected, True,
+                                          group_heads=True)  # a group head does not stand in for a shared key
+
+
+def test_options_that_need_every_key_from_every_site_are_refused():
+    assert check_group_heads(RunSettings(group_heads=False, server_momentum=0.9), {}) is False
+    with pytest.raises(ValueError, match="server-momentum = 0.9"):
+        check_group_heads(RunSettings(group_heads=True, server_momentum=0.9), {})
+    with pytest.raises(ValueError, match="secure aggregation"):
+        check_group_heads(RunSettings(group_heads=True), {"secure_aggregation": {"rounds": 2}})
+    with pytest.raises(ValueError, match="'local' shares nothing"):
+        check_group_heads(RunSettings(group_heads=True, strategy="local"), {})
+
+
+def _heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if parameter_kind(k) == "head"}
+
+
+def test_sites_of_one_label_set_start_round_two_from_their_averaged_head():
+    calls, results = recorded_fsar_rounds(GROUPS, **{"group-heads": True, "mkd": False})
+    assert results["model"]["policy"] == "fsar"
+    (front1, side1, small1), (front2, side2, small2) = calls[:3], calls[3:]
+    assert [c["num_classes"] for c in calls[:3]] == [4, 4, 3]
+    n_front, n_side = 48, 36  # 4 classes x 4 subjects x 4 or 3 samples, three quarters for training
+    for key, value in _heads(front2["start"]).items():
+        average = (n_front * front1["end"][key] + n_side * side1["end"][key]) / (n_front + n_side)
+        torch.testing.assert_close(value, average, rtol=1e-5, atol=1e-6)
+        assert torch.equal(side2["start"][key], value), key
+    for key, value in _heads(small2["start"]).items():  # alone in its group: its own head back
+        torch.testing.assert_close(value, small1["end"][key], rtol=1e-6, atol=1e-7)
+    assert not any(is_group_key(k) for k in front2["global"])  # the shared part a site loads holds no group keys
