@@ -5,9 +5,8 @@ sets), sites whose label lists are identical, in the same order, can still avera
 their heads with each other. A site sends its head under keys tagged with its label
 group, ``label-group.<tag>.<parameter>``; the server averages each group's keys over
 the replies that carry them and keeps the others' last values; a site loads only its
-own group's head from the global record. Under DP-SGD this is what lets small sites
-with one label set pool their classifier: the averaged head carries the noise of
-several sites' updates divided among them.
+own group's head from the global record. Under DP-SGD the average shares out the
+noise of each site's head updates among the sites of its group.
 """
 
 from __future__ import annotations
@@ -33,15 +32,6 @@ def group_key(tag: str, name: str) -> str:
 
 def is_group_key(key: str) -> bool:
     return key.startswith(PREFIX)
-
-
-def key_group(key: str) -> str:
-    """The tag of a group key."""
-    return key[len(PREFIX):].split(".", 1)[0]
-
-
-def without_groups(arrays: Mapping[str, V]) -> dict[str, V]:
-    return {k: v for k, v in arrays.items() if not is_group_key(k)}
 
 
 def own_group(arrays: Mapping[str, V], tag: str) -> dict[str, V]:
