@@ -254,6 +254,31 @@ class Coordinator:
                 self.say(f"revoked node {node.node_id} ({node.name or 'unnamed'}): its key is no longer enrolled")
         self.say(f"enrolled {len(keys)} sites: {', '.join(f'{n} (node {i})' for n, i in self.enrolled.items())}")
 
+    def wait_for_sites(self) -> None:
+        """Wait up to ``wait_for_sites_s`` for every enrolled site to connect before the run.
+
+        A round starts as soon as ``min-sites`` sites are connected and asks only those, so
+        without the wait a site that connects a moment late misses round 1.
+        """
+        limit = self.config.wait_for_sites_s
+        if limit <= 0:
+            return
+        deadline = time.monotonic() + limit
+        while not self._stopping:
+            try:
+                self.refresh_nodes()
+            except ControlError as err:
+                log.warning("%s", err)
+            online = {name for name, up in self.view.get("sites", {}).items() if up}
+            missing = sorted(set(self.enrolled) - online)
+            if not missing:
+                self.say(f"all {len(self.enrolled)} enrolled sites connected")
+                return
+            if time.monotonic() >= deadline:
+                self.say(f"starting without {', '.join(missing)}: not connected after {limit:.0f}s")
+                return
+            time.sleep(1.0)
+
     def submit(self) -> None:
         assert self.control is not None
         previous = json.loads(self.config.daemon_file.read_text()) if self.config.daemon_file.is_file() else {}
@@ -361,6 +386,7 @@ class Coordinator:
             self.say(f"SuperLink up on {self.config.host}:{self.config.port} (TLS, site authentication on)")
             self.enrol(keys)
             self.serve_metrics()
+            self.wait_for_sites()
             self.submit()
             ok = self.watch()
             return 0 if ok else 1

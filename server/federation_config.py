@@ -21,7 +21,7 @@ KNOWN = {
     "federation": {"name", "state_dir"},
     "coordinator": {
         "host", "port", "address", "certificate", "private_key", "ca_certificate", "metrics_port",
-        "metrics_host", "keep_running", "database",
+        "metrics_host", "keep_running", "database", "wait_for_sites_s",
     },
 }
 # Run-config keys the daemon sets itself.
@@ -57,6 +57,7 @@ class FederationConfig:
     run: dict[str, Any]
     database_mode: str = "memory"
     sites: list[EnrolledSite] = field(default_factory=list)
+    wait_for_sites_s: float = 0.0  # before the run starts: how long to wait for every enrolled site
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -150,6 +151,10 @@ def load_federation_config(path: str | Path) -> FederationConfig:
     if database_mode not in ("memory", "file"):
         raise FederationConfigError(f"{where} database = {database_mode!r}: choose memory or file")
 
+    wait_for_sites_s = coord.get("wait_for_sites_s", 0.0)
+    if isinstance(wait_for_sites_s, bool) or not isinstance(wait_for_sites_s, (int, float)) or wait_for_sites_s < 0:
+        raise FederationConfigError(f"{where} wait_for_sites_s = {wait_for_sites_s!r}: seconds, >= 0 (0: do not wait)")
+
     run = raw.get("run")
     if not isinstance(run, dict):
         raise FederationConfigError(f"{source}: missing section [run] (the run config: scenario, strategy, num-server-rounds, ...)")
@@ -191,4 +196,5 @@ def load_federation_config(path: str | Path) -> FederationConfig:
         ca_certificate=_path(base, _need(coord, "ca_certificate", str, where)),
         metrics_port=metrics_port, metrics_host=str(coord.get("metrics_host", "0.0.0.0")),
         keep_running=bool(coord.get("keep_running", False)), run=run, sites=sites, database_mode=database_mode,
+        wait_for_sites_s=float(wait_for_sites_s),
     )

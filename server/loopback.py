@@ -51,6 +51,7 @@ class LoopbackFederation:
     metrics_port: int = 0
     executor: str = "warm"
     site_privacy: dict[str, str] = field(default_factory=dict)  # site -> lines of its [privacy] table
+    wait_for_sites_s: float = 120.0  # every enrolled site is connected before round 1 (or this passes)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -97,7 +98,8 @@ class LoopbackFederation:
             "[federation]", f'name = "{self.name}"', 'state_dir = "state/coordinator"', "",
             "[coordinator]", 'host = "127.0.0.1"', f"port = {self.port}", f'address = "localhost:{self.port}"',
             'certificate = "keys/server.crt"', 'private_key = "keys/server.key"', 'ca_certificate = "keys/ca.crt"',
-            f"metrics_port = {self.metrics_port}", 'metrics_host = "127.0.0.1"', "", "[run]",
+            f"metrics_port = {self.metrics_port}", 'metrics_host = "127.0.0.1"',
+            f"wait_for_sites_s = {self.wait_for_sites_s}", "", "[run]",
         ]
         lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in run.items()]
         for site in everyone:
