@@ -387,6 +387,8 @@ class Coordinator:
             self.enrol(keys)
             self.serve_metrics()
             self.wait_for_sites()
+            if self._stopping:  # told to stop while it waited: no run to start
+                return 1
             self.submit()
             ok = self.watch()
             return 0 if ok else 1
