@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from models.label_groups import is_group_key
 
@@ -133,20 +134,19 @@ def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool,
 
 
 def average_group_heads(replies: list[Message], weight_key: str) -> dict[str, Array]:
-    """Each label group's head keys averaged over the replies that carry them, weighted
-    by ``weight_key`` (the sites' training examples)."""
-    sums: dict[str, np.ndarray] = {}
-    weights: dict[str, float] = {}
-    dtypes: dict[str, np.dtype] = {}
+    """Each label group's head keys averaged, with Flower's weighted average, over the
+    replies that carry them (a reply carries its own group's keys only)."""
+    groups: dict[tuple[str, ...], list[RecordDict]] = {}
     for msg in replies:
-        weight = float(next(iter(msg.content.metric_records.values()))[weight_key])
-        for key, array in next(iter(msg.content.array_records.values())).items():
-            if is_group_key(key):
-                value = array.numpy()
-                dtypes[key] = value.dtype
-                sums[key] = sums.get(key, 0.0) + value.astype(np.float64) * weight
-                weights[key] = weights.get(key, 0.0) + weight
-    return {k: Array(np.ascontiguousarray((sums[k] / weights[k]).astype(dtypes[k]))) for k in sorted(sums)}
+        arrays = next(iter(msg.content.array_records.values()))
+        heads = ArrayRecord(OrderedDict((k, v) for k, v in arrays.items() if is_group_key(k)))
+        if heads:
+            metrics = next(iter(msg.content.metric_records.values()))
+            groups.setdefault(tuple(sorted(heads.keys())), []).append(RecordDict({"arrays": heads, "metrics": metrics}))
+    averaged: dict[str, Array] = {}
+    for records in groups.values():
+        averaged.update(aggregate_arrayrecords(records, weight_key).items())
+    return dict(sorted(averaged.items()))
 
 
 class ScreenedRounds:
