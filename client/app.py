@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from client.global_mix import blend_towards_global, keep_own_shared, own_shared
 from client.metrics import record_exchange
+from client.optimizer_state import OptimizerKeeper, keeps_state, saved_state
 from client.personal_phase import check_personal_epochs, fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
 from client.site import (
@@ -105,15 +106,22 @@ def train(msg: Message, context: Context) -> Message:
     if mix < 1 and own is not None and policy != "local":  # after the teacher: it stays the global model
         blend_towards_global(model, global_shared, own, mix)
 
+    keeper = OptimizerKeeper(make_optimizer, saved_state(context) if keeps_state(config) else None)
+    if keeper.saved is not None:  # the kept moments are placed where the parameters will train
+        from client.trainer import resolve_device
+
+        model.to(resolve_device(recipe.device))
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
             metrics, privacy_metrics = train_site(
                 context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
-                train_fn=train_model, optimizer_fn=make_optimizer,
+                train_fn=train_model, optimizer_fn=keeper,
                 teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
             )
         except BudgetExhausted as stop:
             return _declined(msg, context, received, setup.spec.name, stop)
+    if keeps_state(config):
+        keeper.keep(context)
     if privacy_metrics["privacy-dp"]:
         from client.metrics import record_privacy_spent
 

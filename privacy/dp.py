@@ -435,7 +435,8 @@ def train_site(
     own, ledger_path = site_privacy(context.node_config)
     settings = DPSettings.resolve((config, "run config"), (own, "site config"))
     if not settings.enabled:
-        metrics = train_fn(model, data, recipe, teacher=teacher, global_shared=global_shared)
+        metrics = train_fn(model, data, recipe, teacher=teacher, global_shared=global_shared,
+                           optimizer=optimizer_fn(model, recipe))
         return metrics, plain_metrics()
     return train_private(
         model, data, recipe, settings, ledger_store(context, ledger_path), site=site,

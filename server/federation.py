@@ -241,6 +241,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "batch-size": settings.batch_size,
         "learning-rate": settings.learning_rate,
         "optimizer": settings.optimizer,
+        "keep-optimizer-state": settings.keep_optimizer_state,
         **settings.augmentation(),
         "global-mix": settings.global_mix,
         "device": settings.device,

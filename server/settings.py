@@ -21,6 +21,7 @@ class RunSettings:
     learning_rate: float = 0.05
     lr_schedule: str = "constant"  # of the sites' learning rate over rounds: constant or cosine
     optimizer: str = "sgd"
+    keep_optimizer_state: bool = False  # sites carry their optimizer's state (AdamW moments) across rounds
     # sites' training-time augmentation (client.augment): 0 turns a transform off
     augment_rotate: float = 0.0  # largest random rotation per axis, degrees
     augment_axes: str = "xyz"  # axes of that rotation (y is vertical)

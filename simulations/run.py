@@ -51,6 +51,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="sites whose label sets are identical average their classifier heads with "
                              "each other (where the policy keeps heads on the sites); under DP-SGD this "
                              "pools the classifier of small sites with one label set")
+    parser.add_argument("--keep-optimizer-state", action="store_true", default=None,
+                        help="sites keep their optimizer's state (AdamW's moments) from one round to the "
+                             "next instead of building it afresh; under DP-SGD this spares each round the "
+                             "noisy restart of Adam's estimates")
     parser.add_argument("--personal-norms", action="store_true", default=None,
                         help="fsar: keep the normalization layers' parameters on each site too, as "
                              "fedbn does for fedavg (FSAR's split averages them)")
@@ -100,6 +104,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "mu": args.mu, "grains": args.grains, "shared-blocks": args.shared_blocks,
         "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
         "share-head": args.share_head, "personal-norms": args.personal_norms, "group-heads": args.group_heads,
+        "keep-optimizer-state": args.keep_optimizer_state,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
