@@ -354,10 +354,11 @@ def training_loss(
         t = config.temperature
         log_q = F.log_softmax(logits.float() / t, dim=1)
         mg_total = 0.0
+        statistics = student.input_statistics(x)  # the head reads them in every grain's logits too
         for grain in config.grains:
             with torch.no_grad():
                 feats = teacher.block_features(x, grain, shared_topology_only=True)
-            mg = student.forward_from(feats, grain)
+            mg = student.forward_from(feats, grain, statistics)
             ce_mg = F.cross_entropy(mg, y, label_smoothing=config.label_smoothing)
             p = F.softmax(mg.detach().float() / t, dim=1)
             kd = F.kl_div(log_q, p, reduction="batchmean") * (t * t)

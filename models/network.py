@@ -95,12 +95,19 @@ class FSARNet(nn.Module):
             h = block(h, adjacency, shared_topology_only)
         return h
 
-    def forward_from(self, features: torch.Tensor, start_block: int) -> torch.Tensor:
+    def forward_from(self, features: torch.Tensor, start_block: int,
+                     statistics: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from features after block ``start_block``: blocks after it, then the head.
 
-        With a statistics branch the statistics are not known here (multi-grain
-        distillation hands in block features only): the head sees the graph path alone."""
-        return self._classify(self._pool_from(features, start_block), None)
+        With a statistics branch, ``statistics`` are the input's standardized statistics
+        (:meth:`input_statistics`): multi-grain distillation hands them in with the
+        teacher's block features, so that the head sees what it sees in :meth:`forward`.
+        Without them the head reads zeros in their place."""
+        return self._classify(self._pool_from(features, start_block), statistics)
+
+    def input_statistics(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The statistics branch's standardized statistics of ``x`` (None without the branch)."""
+        return self.statistics.statistics(x) if self.statistics is not None else None
 
     def _classify(self, pooled: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
         """The head on the pooled graph features and, with a statistics branch, the
@@ -129,8 +136,7 @@ class FSARNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self._pool_from(self.block_features(x, 0), 0)
-        statistics = self.statistics.statistics(x) if self.statistics is not None else None
-        return self._classify(pooled, statistics)
+        return self._classify(pooled, self.input_statistics(x))
 
     def _check_block(self, index: int) -> None:
         if not 0 <= index <= self.num_blocks:

@@ -62,11 +62,35 @@ def test_the_head_reads_the_projected_statistics_in_the_embedding_and_the_statis
     pooled = branch.embed(x)
     expected = branch.head(torch.cat([pooled + branch.statistics.proj(z), z], dim=1))
     torch.testing.assert_close(branch(x), expected)
-    # multi-grain distillation hands in block features only: the statistics count as zeros
+    # multi-grain distillation hands in the input's statistics with the block features
     features = branch.block_features(x, 1)
-    zeros = torch.zeros_like(z)
+    torch.testing.assert_close(branch.forward_from(features, 1, branch.input_statistics(x)), branch(x))
+    zeros = torch.zeros_like(z)  # without them the head reads zeros
     torch.testing.assert_close(branch.forward_from(features, 1),
                                branch.head(torch.cat([pooled + branch.statistics.proj(zeros), zeros], dim=1)))
+    assert plain.input_statistics(x) is None
+
+
+def test_multi_grain_logits_read_the_input_statistics_too():
+    """With the teacher equal to the student (no unique topology), every grain's logits
+    are the student's own: the distillation's cross-entropy equals the plain one."""
+    import copy
+
+    from client.trainer import training_loss
+
+    model = model_with_statistics()
+    with torch.no_grad():
+        model.statistics.proj.weight.normal_()
+        model.head.weight.normal_()
+        for name, p in model.named_parameters():
+            if name.endswith("topology.unique"):
+                p.zero_()
+    teacher = copy.deepcopy(model).eval()
+    model.eval()
+    x, y = skeletons(8)
+    config = TrainConfig(grains=[1, 2], lambda_mg=1.0, lambda_kd=0.0, device="cpu")
+    _, _, parts = training_loss(model, x, y, config, teacher=teacher)
+    assert parts["mkd"] == pytest.approx(parts["ce"], rel=1e-5)
 
 
 def test_the_scale_stays_on_the_site_under_every_policy_and_the_projection_trains_on_frozen_blocks():
