@@ -134,7 +134,8 @@ def train(msg: Message, context: Context) -> Message:
     sent = with_tagged_head(shared, personal, config, data.classes)
     if mix < 1:
         keep_own_shared(context, shared)
-    save_personal(context, config, personal, own=shared if mix < 1 else None)
+    save_personal(context, config, personal, own=shared if mix < 1 else None,
+                  optimizer=saved_state(context) if keeps_state(config) else None)
     reply = RecordDict({
         "arrays": sent,
         "metrics": MetricRecord({

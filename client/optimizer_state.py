@@ -7,9 +7,10 @@ parameter by about the full learning rate in a direction that is mostly noise.
 Keeping the state makes a site's local training one continuous run of its optimizer
 across rounds (the shared parameters still start each round from the global model).
 
-The state is kept per parameter name in ``Context.state``: like the site's other state
-during a run, it lives in the SuperNode's memory, so a restarted site starts it afresh.
-It is derived from the site's (clipped and noised, under DP) gradients only, so keeping
+The state is kept per parameter name in ``Context.state`` and, on a deployed site, in
+its personal saves (:mod:`client.personal_store`, under ``optimizer-state/``), so that a
+restarted site, or a coordinator resuming the federation, continues where the optimizer
+left off. It is derived from the site's (clipped and noised, under DP) gradients only, so keeping
 it costs no privacy.
 """
 
@@ -22,6 +23,7 @@ import torch
 from flwr.app import ArrayRecord, Context
 
 STATE_KEY = "optimizer-state"
+SAVE_PREFIX = "optimizer-state/"  # in a deployed site's personal saves
 _SEP = "::"  # "<parameter name>::<state entry>", e.g. "head.weight::exp_avg"
 
 

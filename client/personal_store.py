@@ -133,20 +133,27 @@ def load_personal(context: Context, config: ConfigRecord, evaluating: bool = Fal
     Training round ``r`` starts from a save of an earlier round; evaluating round ``r``
     uses the save of round ``r`` itself when there is one. A save that also holds the
     site's own shared parameters (``global-mix`` below 1) puts them back into
-    ``Context.state`` as well.
+    ``Context.state`` as well, and so does one that holds the site's optimizer state
+    (``keep-optimizer-state``), when the save belongs to the same federation.
     """
     from client.global_mix import keep_own_shared, split_saved
+    from client.optimizer_state import SAVE_PREFIX, STATE_KEY
 
     store = store_for(context)
     if store is None:
         return None
+    federation = str(config.get("federation", ""))
     server_round = int(config.get("server-round", 0)) + (1 if evaluating else 0)
-    arrays = store.load(str(config.get("federation", "")), server_round, model_tag(config))
+    entry = store.choose(federation, server_round, model_tag(config))
+    arrays = store.load(federation, server_round, model_tag(config))
     if arrays is None:
         return None
-    personal, own = split_saved(arrays)
+    optimizer = {k[len(SAVE_PREFIX):]: v for k, v in arrays.items() if k.startswith(SAVE_PREFIX)}
+    personal, own = split_saved({k: v for k, v in arrays.items() if not k.startswith(SAVE_PREFIX)})
     if own:
         keep_own_shared(context, _record(own))
+    if optimizer and entry is not None and entry["federation"] == federation:  # another run's steps do not carry over
+        context.state[STATE_KEY] = _record(optimizer)
     return _record(personal)
 
 
@@ -155,14 +162,17 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def save_personal(context: Context, config: ConfigRecord, personal: ArrayRecord,
-                  own: ArrayRecord | None = None) -> None:
-    """Write the personal parameters just trained, and with ``own`` the site's own shared
-    parameters, to the site's disk (no-op in simulation)."""
+                  own: ArrayRecord | None = None, optimizer: ArrayRecord | None = None) -> None:
+    """Write the personal parameters just trained, with ``own`` the site's own shared
+    parameters and with ``optimizer`` its optimizer state, to the site's disk (no-op in
+    simulation)."""
     from client.global_mix import OWN_PREFIX
+    from client.optimizer_state import SAVE_PREFIX
 
     store = store_for(context)
     if store is None:
         return
     arrays = {k: v.numpy() for k, v in personal.items()}
     arrays.update({OWN_PREFIX + k: v.numpy() for k, v in (own or {}).items()})
+    arrays.update({SAVE_PREFIX + k: v.numpy() for k, v in (optimizer or {}).items()})
     store.save(arrays, str(config.get("federation", "")), int(config.get("server-round", 0)), model_tag(config))

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import client.trainer as trainer
-from client.optimizer_state import restore_state, state_record
+from client.optimizer_state import STATE_KEY, restore_state, saved_state, state_record
+from client.personal_store import load_personal, save_personal
 from inprocess_grid import InProcessGrid
 from server.federation import run_federation
 from server.settings import RunSettings
 from skeletons.scenario import load_scenario
 from test_fsar_rounds import TINY, server_identity, site_function  # noqa: F401 (autouse fixture)
+from test_site_config import context_for, site_dir  # noqa: F401 (fixture)
 
 
 class Small(nn.Module):
@@ -118,3 +121,31 @@ def test_sites_start_round_two_where_their_optimizer_left_off(dp):
 def test_without_the_option_every_round_starts_a_fresh_optimizer():
     starts = _rounds(mkd=False)
     assert starts and all(s == {} for s in starts)
+
+
+def test_a_deployed_site_keeps_its_optimizer_state_across_a_restart_within_one_federation(site_dir):  # noqa: F811
+    from flwr.app import ConfigRecord
+
+    model = Small()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for seed in range(2):
+        _step(model, optimizer, seed)
+    config = ConfigRecord({"federation": "fed", "server-round": 1, "model-config": "{}",
+                           "layout": "kinect-v1", "policy": "fsar"})
+    personal = state_record(optimizer, model)  # any record will do as the personal part
+    kept = state_record(optimizer, model)
+    save_personal(context_for(site_dir / "site.toml"), config, personal, optimizer=kept)
+
+    config["server-round"] = 2
+    restarted = context_for(site_dir / "site.toml")  # empty Context.state, as after a restart
+    loaded = load_personal(restarted, config)
+    assert not any(k.startswith("optimizer-state/") for k in loaded.keys())  # not a personal parameter
+    back = saved_state(restarted)
+    assert back is not None and set(back.keys()) == set(kept.keys())
+    for key in kept.keys():
+        np.testing.assert_array_equal(back[key].numpy(), kept[key].numpy(), err_msg=key)
+
+    other = ConfigRecord({**dict(config.items()), "federation": "another"})
+    fresh = context_for(site_dir / "site.toml")  # a new federation reuses the personal part, not the steps
+    assert load_personal(fresh, other) is not None
+    assert STATE_KEY not in fresh.state.array_records
