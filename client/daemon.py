@@ -10,11 +10,13 @@ good when the coordinator refuses the site's key or certificate, because retryin
 cannot fix that.
 
 Files in the site's state folder: ``personal/`` (personal parameters), the privacy
-ledger, ``metrics.json``, ``flwr/`` (Flower's app cache) and ``logs/``.
+ledger, ``metrics.json``, ``flwr/`` (Flower's app cache), ``logs/`` and ``daemon.lock``
+(one daemon per state folder; it also stops what a killed one left behind).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from client.site_config import SiteConfig
-from skeletons.processes import free_port, spawn, stop_process
+from skeletons.processes import free_port, processes_marked, spawn, stop_pids, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ REFUSALS = {
 RESTART_MAX_S = 30.0
 EXIT_REFUSED = 3
 REFUSALS_BEFORE_GIVING_UP = 4  # a coordinator that just restarted may not have enrolled its sites yet
+STATE_ENV = "FEDSAR_SITE_STATE"  # set by fedsar-client for every process it starts
 
 
 class SiteDaemonError(RuntimeError):
@@ -65,6 +68,7 @@ class SiteDaemon:
         self.restarts = 0
         self._stopping = False
         self._log_offset = 0
+        self._lock_fh: Any = None
 
     def say(self, text: str) -> None:
         print(f"[{self.site.name}] {text}", file=self.out, flush=True)
@@ -81,7 +85,30 @@ class SiteDaemon:
         env["FLWR_HOME"] = str(self.site.state_dir / "flwr")
         env[METRICS_ENV] = str(self.site.metrics_file)
         env["FEDSAR_SITE_CONFIG"] = str(self.site.source)
+        env[STATE_ENV] = str(self.site.state_dir)  # marks every process the SuperNode starts too
         return env
+
+    def _take_lock(self) -> None:
+        self.site.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.site.state_dir / "daemon.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SiteDaemonError(f"another fedsar-client already runs with state folder {self.site.state_dir}") from None
+
+    def stop_leftovers(self) -> None:
+        """Stop what a killed site daemon with this state folder left running.
+
+        Flower starts the SuperNode's ClientApp processes in sessions of their own, so a
+        ``kill -9`` of the daemon's process group can leave them behind; with a fixed
+        ``runtime_port`` they would connect to the new SuperNode and take its tasks. The
+        state folder's lock, held here, means no live daemon owns these processes.
+        """
+        leftovers = processes_marked(STATE_ENV, str(self.site.state_dir))
+        if leftovers:
+            stop_pids(leftovers)
+            self.say(f"stopped {len(leftovers)} processes left over from the previous site daemon "
+                     f"(pids {', '.join(map(str, leftovers))})")
 
     def supernode_command(self) -> list[str]:
         config_path = str(self.site.source)
@@ -195,6 +222,8 @@ class SiteDaemon:
 
         logging.getLogger("httpx").setLevel(logging.WARNING)
         check_site_ready(self.site, load_data=check_data)
+        self._take_lock()
+        self.stop_leftovers()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.say(f"starting: coordinator {self.site.address}, data {self.site.spec.dataset}"

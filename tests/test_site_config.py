@@ -239,3 +239,41 @@ def test_site_daemon_spots_refusals_and_builds_a_tls_authenticated_supernode(sit
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(site.private_key)
     assert cmd[cmd.index("--node-config") + 1] == f'site-config="{site.source}"'
     assert cmd[cmd.index("--isolation") + 1] == "process"  # the warm runner executes the tasks
+
+
+def test_a_new_site_daemon_stops_what_a_killed_one_left_behind_and_only_one_runs_per_state_folder(site_dir):
+    """A killed site daemon's task processes live in sessions of their own; the next
+    daemon on the same state folder stops them first, and a second live daemon is refused."""
+    import io
+    import subprocess
+    import sys
+    import time
+
+    from client.daemon import STATE_ENV, SiteDaemon, SiteDaemonError
+    from skeletons.processes import processes_marked
+
+    site = load_site_config(site_dir / "site.toml")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def detached(state: Path) -> subprocess.Popen:
+        return subprocess.Popen(sleeper, env={**os.environ, STATE_ENV: str(state)}, start_new_session=True)
+
+    orphan, other = detached(site.state_dir), detached(site_dir / "another-site")
+    try:
+        deadline = time.monotonic() + 20
+        while orphan.pid not in processes_marked(STATE_ENV, str(site.state_dir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = io.StringIO()
+        daemon = SiteDaemon(site, out=out)
+        daemon._take_lock()
+        daemon.stop_leftovers()
+        assert orphan.wait(15) is not None
+        assert other.poll() is None  # another site's process is left alone
+        assert f"stopped 1 processes left over from the previous site daemon (pids {orphan.pid})" in out.getvalue()
+        assert daemon.env()[STATE_ENV] == str(site.state_dir)  # what the SuperNode and its tasks inherit
+        with pytest.raises(SiteDaemonError, match="another fedsar-client already runs with state folder"):
+            SiteDaemon(site, out=io.StringIO())._take_lock()
+    finally:
+        for proc in (orphan, other):
+            proc.kill()
+            proc.wait(5)
