@@ -43,7 +43,7 @@ def state_record(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> Ar
     for name, p in _named_parameters(model):
         for entry, value in optimizer.state.get(p, {}).items():
             if isinstance(value, torch.Tensor):
-                out[f"{name}{_SEP}{entry}"] = value.detach().cpu().reshape(value.shape)
+                out[f"{name}{_SEP}{entry}"] = value.detach().cpu()
     return ArrayRecord(out)
 
 

@@ -93,6 +93,39 @@ def test_multi_grain_logits_read_the_input_statistics_too():
     assert parts["mkd"] == pytest.approx(parts["ce"], rel=1e-5)
 
 
+def test_opacus_per_sample_gradients_of_the_distillation_loss_are_each_sample_s_own():
+    """Under MKD the head and the projection run twice per batch (the student's logits and
+    every grain's); Opacus must still give every sample exactly its own gradient, which
+    is what it clips."""
+    import copy
+
+    from opacus import GradSampleModule
+
+    from client.trainer import training_loss
+
+    torch.manual_seed(0)
+    model = model_with_statistics()
+    with torch.no_grad():
+        model.statistics.proj.weight.normal_()
+        model.head.weight.normal_()
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x, y = skeletons(6)
+    config = TrainConfig(grains=[1], lambda_mg=0.5, lambda_kd=0.5, device="cpu")
+    own: dict[str, list[torch.Tensor]] = {}
+    for i in range(len(y)):  # one sample at a time: its own gradient
+        model.zero_grad()
+        training_loss(model, x[i:i + 1], y[i:i + 1], config, teacher=teacher)[0].backward()
+        for name, p in model.named_parameters():
+            own.setdefault(name, []).append(p.grad.clone())
+    private = GradSampleModule(model)
+    private.zero_grad()
+    training_loss(private, x, y, config, teacher=teacher)[0].backward()
+    for name, p in private._module.named_parameters():
+        torch.testing.assert_close(p.grad_sample, torch.stack(own[name]), rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_the_scale_stays_on_the_site_under_every_policy_and_the_projection_trains_on_frozen_blocks():
     state = model_with_statistics().state_dict()
     scale = {k for k in state if parameter_kind(k) == "scale"}
