@@ -28,6 +28,9 @@ HONEST = ["site-a", "site-b", "site-c"]
 TAMPERER = Path(__file__).with_name("tampering_site.py")
 REFERENCE: dict[str, dict[str, np.ndarray]] = {}
 ANONYMIZING = {"site-c": 'anonymize = "learned"'}  # fits its anonymizer at its first round
+# The reference run and the resumed one keep AdamW's state across rounds: the resumed
+# federation (a new Flower run, so an empty Context.state) must read it back from the sites' saves.
+STATEFUL = {"optimizer": "adamw", "learning-rate": 0.01, "keep-optimizer-state": True}
 
 
 def screening_survives_error_replies() -> bool:
@@ -67,7 +70,7 @@ def control(fed: LoopbackFederation) -> Control:
 @pytest.mark.timeout(480)
 def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
     fed = federation(sites=HONEST, rounds=2, min_sites=3, extra_sites=["tamperer"], name="e2e", metrics_port=free_port(),
-                     site_privacy=ANONYMIZING)
+                     site_privacy=ANONYMIZING, run=STATEFUL)
     fed.start_coordinator()
     for site in HONEST:
         fed.start_site(site)
@@ -117,7 +120,9 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
     model = read_arrays(fed.state / "run" / "global.npz")
     assert model and all(np.isfinite(a).all() for a in model.values())
     for site in HONEST:
-        assert list((fed.site_state(site) / "personal").glob("personal-*.npz")), site
+        saves = sorted((fed.site_state(site) / "personal").glob("personal-*.npz"))
+        assert saves, site
+        assert any(k.startswith("optimizer-state/") for k in read_arrays(saves[-1])), site
         site_metrics = json.loads((fed.site_state(site) / "metrics.json").read_text())
         assert site_metrics["messages"] == {"train": 2, "evaluate": 2} and site_metrics["bytes_sent"] > 0
     # site-c fitted its own anonymizer in round 1, kept it on its disk and trained on its output
@@ -128,7 +133,7 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
 
 @pytest.mark.timeout(480)
 def test_coordinator_killed_and_resumed_matches_uninterrupted(federation):
-    fed = federation(sites=HONEST, rounds=2, min_sites=3, name="resume", site_privacy=ANONYMIZING)
+    fed = federation(sites=HONEST, rounds=2, min_sites=3, name="resume", site_privacy=ANONYMIZING, run=STATEFUL)
     fed.start_coordinator()
     for site in HONEST:
         fed.start_site(site)
