@@ -16,7 +16,6 @@ ledger, ``metrics.json``, ``flwr/`` (Flower's app cache), ``logs/`` and ``daemon
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from client.site_config import SiteConfig
-from skeletons.processes import free_port, processes_marked, spawn, stop_pids, stop_process
+from skeletons.processes import free_port, lock_state_folder, processes_marked, spawn, stop_pids, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +88,9 @@ class SiteDaemon:
         return env
 
     def _take_lock(self) -> None:
-        self.site.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.site.state_dir / "daemon.lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SiteDaemonError(f"another fedsar-client already runs with state folder {self.site.state_dir}") from None
+        self._lock_fh = lock_state_folder(self.site.state_dir)
+        if self._lock_fh is None:
+            raise SiteDaemonError(f"another fedsar-client already runs with state folder {self.site.state_dir}")
 
     def stop_leftovers(self) -> None:
         """Stop what a killed site daemon with this state folder left running.

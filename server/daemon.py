@@ -15,7 +15,6 @@ and global model), ``app/`` (the app bundle submitted to the SuperLink), ``logs/
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from server.federation_config import FederationConfig
 from server.metrics import STATE_ENV
 from server.status import read_status, write_status
 from skeletons.atomic import write_json
-from skeletons.processes import processes_marked, spawn, stop_pids, stop_process
+from skeletons.processes import lock_state_folder, processes_marked, spawn, stop_pids, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +192,9 @@ class Coordinator:
         return keys
 
     def _take_lock(self) -> None:
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.config.state_dir / "daemon.lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CoordinatorError(f"another fedsar-server already runs with state folder {self.config.state_dir}") from None
+        self._lock_fh = lock_state_folder(self.config.state_dir)
+        if self._lock_fh is None:
+            raise CoordinatorError(f"another fedsar-server already runs with state folder {self.config.state_dir}")
 
     def _write_daemon_file(self) -> None:
         write_json(self.config.daemon_file, {

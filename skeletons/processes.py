@@ -7,6 +7,7 @@ daemon, and stop it politely before forcing it.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -23,6 +24,19 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def lock_state_folder(folder: Path) -> TextIO | None:
+    """An exclusive lock on ``folder/daemon.lock``, held while the returned file stays
+    open (the OS drops it when the process dies); None when another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / "daemon.lock", "w")  # noqa: SIM115 - the open file is the lock
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
 
 
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:

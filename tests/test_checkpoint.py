@@ -4,6 +4,9 @@ stopped (global model, FedAvgM momentum, history); status, metrics and config fi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -290,13 +293,17 @@ def test_app_bundle_carries_the_run_config_and_no_code(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finding leftovers reads /proc (Linux)")
+def detached_sleeper(marker: str, state: Path) -> subprocess.Popen:
+    """A process in a session of its own whose environment marks it with ``state``, as a
+    daemon's leftover task process is."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                            env={**os.environ, marker: str(state)}, start_new_session=True)
+
+
 def test_a_new_coordinator_stops_what_a_killed_one_left_behind(tmp_path):
     """A killed coordinator's SuperExec lives in a session of its own and would claim the
     next run's ServerApp task; the next coordinator on the same state folder stops it first."""
     import io
-    import os
-    import subprocess
-    import sys
 
     from server.daemon import Coordinator
     from server.metrics import STATE_ENV
@@ -304,12 +311,7 @@ def test_a_new_coordinator_stops_what_a_killed_one_left_behind(tmp_path):
 
     config = load_federation_config(EXAMPLES / "federation.toml")
     config.state_dir = tmp_path / "state"
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-
-    def detached(state: Path) -> subprocess.Popen:
-        return subprocess.Popen(sleeper, env={**os.environ, STATE_ENV: str(state)}, start_new_session=True)
-
-    orphan, other = detached(config.state_dir), detached(tmp_path / "another-coordinator")
+    orphan, other = detached_sleeper(STATE_ENV, config.state_dir), detached_sleeper(STATE_ENV, tmp_path / "another")
     try:
         deadline = time.monotonic() + 20
         while orphan.pid not in processes_marked(STATE_ENV, str(config.state_dir)) and time.monotonic() < deadline:

@@ -245,20 +245,14 @@ def test_a_new_site_daemon_stops_what_a_killed_one_left_behind_and_only_one_runs
     """A killed site daemon's task processes live in sessions of their own; the next
     daemon on the same state folder stops them first, and a second live daemon is refused."""
     import io
-    import subprocess
-    import sys
     import time
 
     from client.daemon import STATE_ENV, SiteDaemon, SiteDaemonError
     from skeletons.processes import processes_marked
+    from test_checkpoint import detached_sleeper
 
     site = load_site_config(site_dir / "site.toml")
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-
-    def detached(state: Path) -> subprocess.Popen:
-        return subprocess.Popen(sleeper, env={**os.environ, STATE_ENV: str(state)}, start_new_session=True)
-
-    orphan, other = detached(site.state_dir), detached(site_dir / "another-site")
+    orphan, other = detached_sleeper(STATE_ENV, site.state_dir), detached_sleeper(STATE_ENV, site_dir / "another-site")
     try:
         deadline = time.monotonic() + 20
         while orphan.pid not in processes_marked(STATE_ENV, str(site.state_dir)) and time.monotonic() < deadline:
