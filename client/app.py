@@ -106,11 +106,8 @@ def train(msg: Message, context: Context) -> Message:
     if mix < 1 and own is not None and policy != "local":  # after the teacher: it stays the global model
         blend_towards_global(model, global_shared, own, mix)
 
-    keeper = OptimizerKeeper(make_optimizer, saved_state(context) if keeps_state(config) else None)
-    if keeper.saved is not None:  # the kept moments are placed where the parameters will train
-        from client.trainer import resolve_device
-
-        model.to(resolve_device(recipe.device))
+    keep_state = keeps_state(config)
+    keeper = OptimizerKeeper(make_optimizer, saved_state(context) if keep_state else None)
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
             metrics, privacy_metrics = train_site(
@@ -120,8 +117,7 @@ def train(msg: Message, context: Context) -> Message:
             )
         except BudgetExhausted as stop:
             return _declined(msg, context, received, setup.spec.name, stop)
-    if keeps_state(config):
-        keeper.keep(context)
+    kept_state = keeper.keep(context) if keep_state else None
     if privacy_metrics["privacy-dp"]:
         from client.metrics import record_privacy_spent
 
@@ -134,8 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     sent = with_tagged_head(shared, personal, config, data.classes)
     if mix < 1:
         keep_own_shared(context, shared)
-    save_personal(context, config, personal, own=shared if mix < 1 else None,
-                  optimizer=saved_state(context) if keeps_state(config) else None)
+    save_personal(context, config, personal, own=shared if mix < 1 else None, optimizer=kept_state)
     reply = RecordDict({
         "arrays": sent,
         "metrics": MetricRecord({

@@ -87,19 +87,22 @@ class OptimizerKeeper:
         self.saved = saved
         self.optimizer: torch.optim.Optimizer | None = None
         self.model: torch.nn.Module | None = None
-        self.restored = 0
 
     def __call__(self, model: torch.nn.Module, config: Any) -> torch.optim.Optimizer:
         self.optimizer = self.factory(model, config)
         self.model = model
         if self.saved is not None and len(self.saved):
-            self.restored = restore_state(self.optimizer, model, self.saved)
+            restore_state(self.optimizer, model, self.saved)
         return self.optimizer
 
-    def keep(self, context: Context) -> None:
-        """Write the trained optimizer's state into ``context.state`` (after training)."""
-        if self.optimizer is not None and self.model is not None:
-            context.state[STATE_KEY] = state_record(self.optimizer, self.model)
+    def keep(self, context: Context) -> ArrayRecord | None:
+        """Write the trained optimizer's state into ``context.state`` (after training) and
+        return it; None when no optimizer was built."""
+        if self.optimizer is None or self.model is None:
+            return None
+        record = state_record(self.optimizer, self.model)
+        context.state[STATE_KEY] = record
+        return record
 
 
 def _named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

@@ -96,8 +96,10 @@ class PersonalStore:
 
     def load(self, federation: str, server_round: int, model_tag: str) -> dict[str, np.ndarray] | None:
         entry = self.choose(federation, server_round, model_tag)
-        if entry is None:
-            return None
+        return self.read(entry) if entry is not None else None
+
+    def read(self, entry: dict[str, Any]) -> dict[str, np.ndarray] | None:
+        """The arrays of one save from :meth:`choose`; None when its file is unreadable."""
         try:
             arrays = read_arrays(self.folder / entry["file"])
         except (OSError, ValueError) as err:
@@ -145,14 +147,14 @@ def load_personal(context: Context, config: ConfigRecord, evaluating: bool = Fal
     federation = str(config.get("federation", ""))
     server_round = int(config.get("server-round", 0)) + (1 if evaluating else 0)
     entry = store.choose(federation, server_round, model_tag(config))
-    arrays = store.load(federation, server_round, model_tag(config))
-    if arrays is None:
+    arrays = store.read(entry) if entry is not None else None
+    if entry is None or arrays is None:
         return None
     optimizer = {k[len(SAVE_PREFIX):]: v for k, v in arrays.items() if k.startswith(SAVE_PREFIX)}
     personal, own = split_saved({k: v for k, v in arrays.items() if not k.startswith(SAVE_PREFIX)})
     if own:
         keep_own_shared(context, _record(own))
-    if optimizer and entry is not None and entry["federation"] == federation:  # another run's steps do not carry over
+    if optimizer and entry["federation"] == federation:  # another run's steps do not carry over
         context.state[STATE_KEY] = _record(optimizer)
     return _record(personal)
 

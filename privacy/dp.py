@@ -272,9 +272,10 @@ def check_model(model: nn.Module) -> None:
 
 
 def _device_of(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    """The site trainer's device choice, with its clear error for a missing GPU."""
+    from client.trainer import resolve_device
+
+    return resolve_device(spec)
 
 
 def train_private(
@@ -339,6 +340,7 @@ def train_private(
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=settings.accountant, secure_mode=settings.secure_mode)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, generator=secret_generator())
+    model.to(device)  # before the optimizer, so that state it starts from (keep-optimizer-state) lands beside the parameters
     optimizer = optimizer_fn(model, recipe)
     private_model, dp_optimizer, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
@@ -435,6 +437,7 @@ def train_site(
     own, ledger_path = site_privacy(context.node_config)
     settings = DPSettings.resolve((config, "run config"), (own, "site config"))
     if not settings.enabled:
+        model.to(_device_of(str(getattr(recipe, "device", "auto"))))  # before its optimizer: see train_private
         metrics = train_fn(model, data, recipe, teacher=teacher, global_shared=global_shared,
                            optimizer=optimizer_fn(model, recipe))
         return metrics, plain_metrics()
