@@ -4,9 +4,10 @@ Under a policy that keeps the classifier head personal (sites with different lab
 sets), sites whose label lists are identical, in the same order, can still average
 their heads with each other. A site sends its head under keys tagged with its label
 group, ``label-group.<tag>.<parameter>``; the server averages each group's keys over
-the replies that carry them and keeps the others' last values; a site loads only its
-own group's head from the global record. Under DP-SGD the average shares out the
-noise of each site's head updates among the sites of its group.
+the replies that carry them and keeps the others' last values. Once a site has replied,
+the server sends it only its own group's head (:func:`for_group`); a site loads only its
+own group's head in any case. Under DP-SGD the average shares out the noise of each
+site's head updates among the sites of its group.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def group_key(tag: str, name: str) -> str:
 
 def is_group_key(key: str) -> bool:
     return key.startswith(PREFIX)
+
+
+def group_of(key: str) -> str:
+    """The tag of a group key (``label-group.<tag>.<parameter>``)."""
+    return key[len(PREFIX):].split(".", 1)[0]
+
+
+def for_group(arrays: Mapping[str, V], tag: str) -> dict[str, V]:
+    """``arrays`` without the heads of groups other than ``tag``: what one site may see."""
+    return {k: v for k, v in arrays.items() if not is_group_key(k) or group_of(k) == tag}
 
 
 def own_group(arrays: Mapping[str, V], tag: str) -> dict[str, V]:

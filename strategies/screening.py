@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from models.label_groups import is_group_key
+from models.label_groups import for_group, group_of, is_group_key
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class ScreenedRounds:
         self.num_rounds = num_rounds
         self._expected: ArrayRecord | None = None
         self._round_started = 0.0
+        self._node_groups: dict[int, str] = {}  # under group-heads: each replying site's label group
 
     def record_for(self, server_round: int) -> RoundRecord:
         if not self.history or self.history[-1].round != server_round:
@@ -186,9 +187,10 @@ class ScreenedRounds:
         if "learning-rate" in config:
             factor = round_lr_factor(server_round, self.num_rounds, self.lr_schedule)
             config["learning-rate"] = float(config["learning-rate"]) * factor
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        messages = self.own_group_heads_only(list(super().configure_train(server_round, arrays, config, grid)))  # type: ignore[misc]
         record = self.record_for(server_round)
-        record.downlink_bytes = arrays_nbytes(arrays) * len(messages)
+        record.downlink_bytes = sum(arrays_nbytes(m.content.array_records[self.arrayrecord_key])  # type: ignore[attr-defined]
+                                    for m in messages)
         record.sites_asked = len(messages)
         return messages
 
@@ -244,6 +246,9 @@ class ScreenedRounds:
         heads = average_group_heads(good, self.weighted_by_key)  # type: ignore[attr-defined]
         for msg in good:  # the strategy averages the rest, which every site sends
             name, arrays = next(iter(msg.content.array_records.items()))
+            tags = {group_of(k) for k in arrays.keys() if is_group_key(k)}
+            if len(tags) == 1:
+                self._node_groups[msg.metadata.src_node_id] = tags.pop()
             msg.content[name] = ArrayRecord(OrderedDict((k, v) for k, v in arrays.items() if not is_group_key(k)))
         arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
         if arrays is None:
@@ -252,13 +257,32 @@ class ScreenedRounds:
         merged = {**kept, **heads}  # a group none of whose sites trained this round keeps its head
         return ArrayRecord(OrderedDict([*arrays.items(), *sorted(merged.items())])), metrics
 
+    def own_group_heads_only(self, messages: list[Message]) -> list[Message]:
+        """``messages``, each to a site whose label group the server knows carrying that
+        group's head only, so that no site receives another group's head (for a group of
+        one, its own head). A site not heard from yet (the first round after a coordinator
+        restart) still gets every group's head and loads its own."""
+        if not self.group_heads:
+            return messages
+        out = []
+        key = self.arrayrecord_key  # type: ignore[attr-defined]
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            arrays = msg.content.array_records.get(key)
+            if node in self._node_groups and arrays is not None and any(is_group_key(k) for k in arrays.keys()):
+                visible = ArrayRecord(OrderedDict(for_group(arrays, self._node_groups[node])))
+                content = RecordDict({**dict(msg.content.items()), key: visible})
+                msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
+            out.append(msg)
+        return out
+
     # -- evaluation ----------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
         if server_round % self.eval_every and server_round != self.num_rounds:
             return []
         for key, value in self.client_config.items():
             config[key] = value
-        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        return self.own_group_heads_only(list(super().configure_evaluate(server_round, arrays, config, grid)))  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         good = self.screen(server_round, in_site_order(replies), need_arrays=False)

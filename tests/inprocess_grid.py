@@ -33,7 +33,7 @@ def unreachable(message: Message, context: Context) -> Message:
 class InProcessGrid(Grid):
     """Each node id maps to a site function; messages go out in node-id order, a site
     that raises answers with an error reply (as Flower does for a failing ClientApp),
-    and every reply is kept in ``uplink``."""
+    every message sent is kept in ``downlink`` and every reply in ``uplink``."""
 
     def __init__(self, sites: dict[int, SiteFn],
                  node_config: Callable[[int], dict[str, Any]] | None = None) -> None:
@@ -44,6 +44,7 @@ class InProcessGrid(Grid):
             for nid in sites
         }
         self.uplink: list[Message] = []
+        self.downlink: list[Message] = []
         self._ids = itertools.count()
 
     @classmethod
@@ -78,6 +79,7 @@ class InProcessGrid(Grid):
                             reply_to_message_id="", group_id=m.metadata.group_id, created_at=time.time(),
                             ttl=600.0, message_type=m.metadata.message_type)
             incoming = Message(content=m.content, metadata=meta)
+            self.downlink.append(incoming)
             try:
                 reply = self.sites[nid](incoming, self.contexts[nid])
             except Exception as err:  # noqa: BLE001 - Flower turns a failing ClientApp into an error reply

@@ -12,7 +12,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
-from models.label_groups import group_key, is_group_key, label_group, own_group, tagged_heads
+from models.label_groups import for_group, group_key, group_of, is_group_key, label_group, own_group, tagged_heads
 from models.roles import parameter_kind
 from server.federation import check_group_heads
 from server.settings import RunSettings
@@ -31,6 +31,8 @@ def test_a_group_is_the_ordered_label_list():
     assert set(tagged) == {group_key(A, "head.weight"), group_key(A, "head.bias")}
     assert all(is_group_key(k) for k in tagged)
     assert own_group({**tagged, **tagged_heads(personal, B), "w": 0}, A) == {"head.weight": 1, "head.bias": 2}
+    assert {group_of(k) for k in tagged} == {A}
+    assert for_group({**tagged, **tagged_heads(personal, B), "w": 0}, B) == {**tagged_heads(personal, B), "w": 0}
 
 
 def reply(node: int, n: float, arrays: dict[str, torch.Tensor]) -> Message:
@@ -101,3 +103,17 @@ def test_sites_of_one_label_set_start_round_two_from_their_averaged_head():
     for key, value in _heads(small2["start"]).items():  # alone in its group: its own head back
         torch.testing.assert_close(value, small1["end"][key], rtol=1e-6, atol=1e-7)
     assert not any(is_group_key(k) for k in front2["global"])  # the shared part a site loads holds no group keys
+
+
+def test_a_site_receives_no_other_groups_head():
+    sent: list[Message] = []
+    recorded_fsar_rounds(GROUPS, sent=sent, **{"group-heads": True, "mkd": False})
+    with_heads = [m for m in sent if any(is_group_key(k) for k in m.content.array_records["arrays"].keys())]
+    # round 1's evaluation and round 2's training and evaluation, to each of the three sites
+    assert len(with_heads) == 9, [m.metadata.message_type for m in sent]
+    tags = {m.metadata.dst_node_id: {group_of(k) for k in m.content.array_records["arrays"].keys() if is_group_key(k)}
+            for m in with_heads}
+    assert all(len(t) == 1 for t in tags.values()), tags  # the global record holds two groups
+    assert tags[1] == tags[2] != tags[3]  # "front" and "side" share a label list, "small" has its own
+    for m in with_heads:  # and every site still gets every shared parameter
+        assert sum(not is_group_key(k) for k in m.content.array_records["arrays"].keys()) > 0
