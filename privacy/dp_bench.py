@@ -12,8 +12,10 @@ on the same batch without DP and with each of Opacus's per-sample gradient modes
   ``torch.func`` / expanded weights; reported with the reason when the model is refused.
 
 ``--mkd`` adds the FSAR recipe's multi-grain distillation from a frozen teacher to the
-``plain`` and ``hooks`` rows (the site trainer's real loss). Results: a table on stdout
-and, with ``--out``, JSON.
+``plain`` and ``hooks`` rows (the site trainer's real loss). ``--frozen-blocks K`` leaves
+the input stage and blocks 1..K untrained, as a site does on a warm start (the private
+recipe), so only the rest is clipped and noised. Results: a table on stdout and, with
+``--out``, JSON.
 """
 
 from __future__ import annotations
@@ -34,24 +36,29 @@ import torch.nn.functional as F
 MODES = ("plain", "hooks", "ghost", "functorch", "ew")
 
 
-def _model(preset: str, overrides: dict[str, Any], classes: int, seed: int) -> torch.nn.Module:
+def _model(preset: str, overrides: dict[str, Any], classes: int, seed: int, frozen_blocks: int = 0) -> torch.nn.Module:
     from models import ModelConfig, build_model
+    from models.roles import is_frozen
     from skeletons.layouts import get_layout
 
     torch.manual_seed(seed)
     config = ModelConfig.preset(preset)
     if overrides:
         config = config.with_(**overrides)
-    return build_model(get_layout("kinect-v1"), classes, 1, config)
+    model = build_model(get_layout("kinect-v1"), classes, 1, config)
+    for name, p in model.named_parameters():
+        if is_frozen(name, frozen_blocks):
+            p.requires_grad_(False)
+    return model
 
 
-def _loss_fn(mkd: bool) -> Callable[..., torch.Tensor]:
+def _loss_fn(mkd: bool, grains: list[int]) -> Callable[..., torch.Tensor]:
     """The site trainer's loss (with MKD when asked) or plain cross-entropy."""
     if not mkd:
         return lambda model, x, y, teacher: F.cross_entropy(model(x), y)
     from client.trainer import TrainConfig, training_loss
 
-    recipe = TrainConfig(grains=[1, 2], lambda_mg=0.5, lambda_kd=0.5, device="cpu", mixed_precision=False)
+    recipe = TrainConfig(grains=grains, lambda_mg=0.5, lambda_kd=0.5, device="cpu", mixed_precision=False)
     return lambda model, x, y, teacher: training_loss(model, x, y, recipe, teacher)[0]
 
 
@@ -59,15 +66,16 @@ def make_step(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Ten
     """A row describing ``mode`` and a function doing one training step (None if refused)."""
     from opacus import PrivacyEngine
 
-    model = _model(args.preset, args.overrides, args.classes, args.seed)
+    model = _model(args.preset, args.overrides, args.classes, args.seed, args.frozen_blocks)
     teacher = None
     if mkd:
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = _loss_fn(mkd)
-    row: dict[str, Any] = {"mode": mode, "mkd": mkd, "params": sum(p.numel() for p in model.parameters())}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    loss_fn = _loss_fn(mkd, args.grain_list)
+    row: dict[str, Any] = {"mode": mode, "mkd": mkd, "params": sum(p.numel() for p in model.parameters()),
+                           "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     try:
         if mode == "plain":
             def step() -> None:
@@ -129,6 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--mkd", action="store_true", help="also time plain and hooks with the FSAR (MKD) loss")
+    parser.add_argument("--grains", default="1,2", help="MKD grains (blocks), e.g. 1")
+    parser.add_argument("--frozen-blocks", type=int, default=0,
+                        help="leave the input stage and blocks 1..K untrained, as a warm-started site does")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="write the results as JSON here")
 
@@ -136,6 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     args.overrides = json.loads(args.model_overrides) if args.model_overrides else {}
+    args.grain_list = [int(g) for g in args.grains.split(",") if g.strip()]
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch_size, 3, args.frames, 20, 1, generator=g)
     y = torch.randint(0, args.classes, (args.batch_size,), generator=g)
@@ -153,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         if "seconds" in r and r["mkd"] in base:
             r["vs_plain"] = r["seconds"] / base[r["mkd"]]
+    trained = next((r["trained_params"] for r in rows if "trained_params" in r), 0)
     print(f"model {args.preset} {args.overrides or ''} batch {args.batch_size} x {args.frames} frames, "
+          f"{trained} parameters trained (frozen blocks {args.frozen_blocks}), "
           f"{args.threads} thread(s), median of {args.steps} steps")
     print(f"| loss | mode | s/step | x plain |\n|---|---|---:|---:|")
     for r in rows:
@@ -165,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from skeletons.atomic import write_json
 
-        write_json(args.out, {"args": {k: v for k, v in vars(args).items() if k != "overrides"},
+        write_json(args.out, {"args": {k: v for k, v in vars(args).items() if k not in ("overrides", "grain_list")},
                               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                               "rows": rows})
     return 0

@@ -1,0 +1,30 @@
+"""``python -m privacy.dp_bench``: the DP-SGD step-cost benchmark runs every mode it
+reports and, with ``--frozen-blocks``, clips and noises only what a warm-started site trains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models.roles import parameter_kind
+from privacy import dp_bench
+
+SMALL = '{"channels":[8,8,16,16],"strides":[1,2,1,2],"temporal_kernel":3,"norm_groups":4,"statistics":true}'
+
+
+def test_frozen_blocks_leave_only_the_head_and_statistics_branch_to_train():
+    model = dp_bench._model("slim", json.loads(SMALL), 5, 0, frozen_blocks=4)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and len(trained) < len(list(model.parameters()))
+    assert all(parameter_kind(n) == "head" or n.startswith("statistics.") for n in trained), trained
+
+
+def test_the_benchmark_times_plain_and_private_steps(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    assert dp_bench.main(["--model-overrides", SMALL, "--frames", "8", "--batch-size", "4", "--steps", "1",
+                          "--warmup", "1", "--modes", "plain,hooks", "--mkd", "--grains", "1",
+                          "--frozen-blocks", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["mkd"]) for r in rows] == [("plain", False), ("hooks", False), ("plain", True), ("hooks", True)]
+    assert all(r["seconds"] > 0 and r["trained_params"] < r["params"] for r in rows)
+    assert all(r["vs_plain"] == 1.0 for r in rows if r["mode"] == "plain")
