@@ -189,8 +189,8 @@ class ScreenedRounds:
             config["learning-rate"] = float(config["learning-rate"]) * factor
         messages = self.own_group_heads_only(list(super().configure_train(server_round, arrays, config, grid)))  # type: ignore[misc]
         record = self.record_for(server_round)
-        record.downlink_bytes = sum(arrays_nbytes(m.content.array_records[self.arrayrecord_key])  # type: ignore[attr-defined]
-                                    for m in messages)
+        key = self.arrayrecord_key  # type: ignore[attr-defined]
+        record.downlink_bytes = sum(arrays_nbytes(m.content.array_records.get(key, ArrayRecord())) for m in messages)
         record.sites_asked = len(messages)
         return messages
 
