@@ -51,8 +51,13 @@ def _unless_own_model(received: ArrayRecord, personal: ArrayRecord | None, polic
     return received
 
 
-def _site_record(name: str) -> ConfigRecord:
-    return ConfigRecord({"site-name": name})
+def _site_record(name: str, config: ConfigRecord, classes: list[str]) -> ConfigRecord:
+    """Who answers: the site's name and, under ``group-heads``, its label group."""
+    if not bool(config.get("group-heads", False)):
+        return ConfigRecord({"site-name": name})
+    from models.label_groups import SITE_KEY, label_group
+
+    return ConfigRecord({"site-name": name, SITE_KEY: label_group(classes)})
 
 
 @app.train(mods=[secaggplus_when_requested, clipping_when_requested])  # no-ops unless the run asks
@@ -141,7 +146,7 @@ def train(msg: Message, context: Context) -> Message:
             **trained,
             **privacy_metrics,
         }),
-        "site": _site_record(setup.spec.name),
+        "site": _site_record(setup.spec.name, config, data.classes),
     })
     answer = Message(reply, reply_to=msg)
     record_exchange(context, "train", msg, answer)
@@ -206,7 +211,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             "eval-loss": float(result["loss"]),
             "eval-accuracy": float(result["accuracy"]),
         }),
-        "site": _site_record(setup.spec.name),
+        "site": _site_record(setup.spec.name, config, data.classes),
     })
     answer = Message(reply, reply_to=msg)
     record_exchange(context, "evaluate", msg, answer)

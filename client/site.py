@@ -163,10 +163,12 @@ def with_group_head(
 
 def with_tagged_head(shared: ArrayRecord, personal: ArrayRecord, config: Mapping[str, Any],
                      classes: list[str]) -> ArrayRecord:
-    """``shared`` plus, under ``group-heads``, the site's head tagged with its label group."""
-    if not bool(config.get("group-heads", False)):
+    """``shared`` plus, under ``group-heads``, the site's head tagged with its label group,
+    unless the server said that no other site shares the group (then the head stays here)."""
+    from models.label_groups import PEERS_KEY, label_group, tagged_heads
+
+    if not bool(config.get("group-heads", False)) or int(config.get(PEERS_KEY, -1)) == 0:
         return shared
-    from models.label_groups import label_group, tagged_heads
 
     return ArrayRecord(OrderedDict([*shared.items(), *tagged_heads(dict(personal.items()), label_group(classes)).items()]))
 

@@ -4,10 +4,12 @@ Under a policy that keeps the classifier head personal (sites with different lab
 sets), sites whose label lists are identical, in the same order, can still average
 their heads with each other. A site sends its head under keys tagged with its label
 group, ``label-group.<tag>.<parameter>``; the server averages each group's keys over
-the replies that carry them and keeps the others' last values. Once a site has replied,
-the server sends it only its own group's head (:func:`for_group`); a site loads only its
-own group's head in any case. Under DP-SGD the average shares out the noise of each
-site's head updates among the sites of its group.
+the replies that carry them and keeps the others' last values. Every reply also names
+the site's group (``SITE_KEY`` in its site record), so the server knows who belongs
+where: it sends each site it knows only its own group's head (:func:`for_group`) and the
+number of its peers (``PEERS_KEY``). A site without peers keeps its head at home from
+then on, and the server keeps no head of a group of one. Under DP-SGD the average
+shares out the noise of each site's head updates among the sites of its group.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import TypeVar
 from models.roles import parameter_kind
 
 PREFIX = "label-group."
+SITE_KEY = "label-group"  # in a reply's site record: the site's group tag
+PEERS_KEY = "label-group-peers"  # in a message's config: how many other sites share the group
 V = TypeVar("V")
 
 

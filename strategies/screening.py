@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from models.label_groups import for_group, group_of, is_group_key
+from models.label_groups import PEERS_KEY, SITE_KEY, for_group, group_of, is_group_key
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ class ScreenedRounds:
             problem = reply_problem(msg, self._expected if need_arrays else None, need_arrays, self.group_heads)
             if problem is None:
                 good.append(msg)
+                self.learn_group(msg)
             else:
                 reason = f"{site_label(msg)}: {problem}"
                 log.warning("round %d: dropped reply from %s", server_round, reason)
@@ -246,32 +247,52 @@ class ScreenedRounds:
         heads = average_group_heads(good, self.weighted_by_key)  # type: ignore[attr-defined]
         for msg in good:  # the strategy averages the rest, which every site sends
             name, arrays = next(iter(msg.content.array_records.items()))
-            tags = {group_of(k) for k in arrays.keys() if is_group_key(k)}
-            if len(tags) == 1:
-                self._node_groups[msg.metadata.src_node_id] = tags.pop()
             msg.content[name] = ArrayRecord(OrderedDict((k, v) for k, v in arrays.items() if not is_group_key(k)))
         arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
         if arrays is None:
             return arrays, metrics
         kept = {k: v for k, v in (self._expected or ArrayRecord()).items() if is_group_key(k) and k not in heads}
         merged = {**kept, **heads}  # a group none of whose sites trained this round keeps its head
+        alone = {tag for tag, n in self.group_sizes().items() if n == 1}  # its head stays on its site
+        merged = {k: v for k, v in merged.items() if group_of(k) not in alone}
         return ArrayRecord(OrderedDict([*arrays.items(), *sorted(merged.items())])), metrics
+
+    def learn_group(self, msg: Message) -> None:
+        """Under ``group-heads``: note the label group a reply's site record names."""
+        if not self.group_heads:
+            return
+        site = msg.content.config_records.get("site")
+        if site is not None and SITE_KEY in site:
+            self._node_groups[msg.metadata.src_node_id] = str(site[SITE_KEY])
+
+    def group_sizes(self) -> dict[str, int]:
+        """How many of the sites heard from belong to each label group."""
+        sizes: dict[str, int] = {}
+        for tag in self._node_groups.values():
+            sizes[tag] = sizes.get(tag, 0) + 1
+        return sizes
 
     def own_group_heads_only(self, messages: list[Message]) -> list[Message]:
         """``messages``, each to a site whose label group the server knows carrying that
-        group's head only, so that no site receives another group's head (for a group of
-        one, its own head). A site not heard from yet (the first round after a coordinator
-        restart) still gets every group's head and loads its own."""
+        group's head only and, in its config, how many peers the site has in the group (a
+        site without peers then keeps its head at home). So no site receives another
+        group's head. A site not heard from yet (round 1, or the first round after a
+        coordinator restart) gets the record as it is and loads its own group's head."""
         if not self.group_heads:
             return messages
         out = []
-        key = self.arrayrecord_key  # type: ignore[attr-defined]
+        key, config_key = self.arrayrecord_key, self.configrecord_key  # type: ignore[attr-defined]
+        sizes = self.group_sizes()
         for msg in messages:
             node = msg.metadata.dst_node_id
             arrays = msg.content.array_records.get(key)
-            if node in self._node_groups and arrays is not None and any(is_group_key(k) for k in arrays.keys()):
-                visible = ArrayRecord(OrderedDict(for_group(arrays, self._node_groups[node])))
-                content = RecordDict({**dict(msg.content.items()), key: visible})
+            if node in self._node_groups and arrays is not None:
+                tag = self._node_groups[node]
+                content = RecordDict(dict(msg.content.items()))
+                content[key] = ArrayRecord(OrderedDict(for_group(arrays, tag)))
+                if config_key in msg.content.config_records:
+                    content[config_key] = ConfigRecord({**dict(msg.content.config_records[config_key].items()),
+                                                        PEERS_KEY: sizes[tag] - 1})
                 msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
             out.append(msg)
         return out

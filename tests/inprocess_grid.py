@@ -33,7 +33,9 @@ def unreachable(message: Message, context: Context) -> Message:
 class InProcessGrid(Grid):
     """Each node id maps to a site function; messages go out in node-id order, a site
     that raises answers with an error reply (as Flower does for a failing ClientApp),
-    every message sent is kept in ``downlink`` and every reply in ``uplink``."""
+    every message sent is kept in ``downlink`` and every reply in ``uplink``, with the
+    parameter names each reply carried as it left its site in ``uplink_keys`` (the
+    strategy may strip the replies afterwards)."""
 
     def __init__(self, sites: dict[int, SiteFn],
                  node_config: Callable[[int], dict[str, Any]] | None = None) -> None:
@@ -45,6 +47,7 @@ class InProcessGrid(Grid):
         }
         self.uplink: list[Message] = []
         self.downlink: list[Message] = []
+        self.uplink_keys: list[list[str]] = []
         self._ids = itertools.count()
 
     @classmethod
@@ -85,5 +88,7 @@ class InProcessGrid(Grid):
             except Exception as err:  # noqa: BLE001 - Flower turns a failing ClientApp into an error reply
                 reply = Message(Error(code=1, reason=str(err)), reply_to=incoming)
             self.uplink.append(reply)
+            self.uplink_keys.append([] if reply.has_error() else
+                                    sorted(k for rec in reply.content.array_records.values() for k in rec.keys()))
             replies.append(reply)
         return replies

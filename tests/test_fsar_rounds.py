@@ -43,11 +43,11 @@ def _state(model) -> dict:
     return {k.removeprefix("_module."): v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def recorded_fsar_rounds(scenario_path: Path = TINY, sent: list[Message] | None = None,
+def recorded_fsar_rounds(scenario_path: Path = TINY, grids: list[InProcessGrid] | None = None,
                          **run_config) -> tuple[list[dict], dict]:
     """Two rounds of fsar on the tiny scenario (or ``scenario_path``) with ``run_config`` on
     top; every local training call recorded (start and end state, teacher, global weights,
-    recipe), and every message to a site appended to ``sent`` if given."""
+    recipe), and the grid (with every message both ways) appended to ``grids`` if given."""
     scenario = load_scenario(scenario_path)
     calls: list[dict] = []
     real_train = trainer.train
@@ -78,8 +78,8 @@ def recorded_fsar_rounds(scenario_path: Path = TINY, sent: list[Message] | None 
         trainer.train = real_train
     errors = [reply.error.reason for reply in grid.uplink if reply.has_error()]
     assert not errors, errors
-    if sent is not None:
-        sent.extend(grid.downlink)
+    if grids is not None:
+        grids.append(grid)
     return calls, results
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
-from models.label_groups import for_group, group_key, group_of, is_group_key, label_group, own_group, tagged_heads
+from models.label_groups import (PEERS_KEY, SITE_KEY, for_group, group_key, group_of, is_group_key, label_group,
+                                 own_group, tagged_heads)
 from models.roles import parameter_kind
 from server.federation import check_group_heads
 from server.settings import RunSettings
@@ -35,10 +36,11 @@ def test_a_group_is_the_ordered_label_list():
     assert for_group({**tagged, **tagged_heads(personal, B), "w": 0}, B) == {**tagged_heads(personal, B), "w": 0}
 
 
-def reply(node: int, n: float, arrays: dict[str, torch.Tensor]) -> Message:
+def reply(node: int, n: float, arrays: dict[str, torch.Tensor], group: str | None = None) -> Message:
+    site = {"site-name": f"site-{node}", **({SITE_KEY: group} if group else {})}
     content = RecordDict({"arrays": ArrayRecord(OrderedDict(arrays)),
                           "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5, "train-seconds": 1.0}),
-                          "site": ConfigRecord({"site-name": f"site-{node}"})})
+                          "site": ConfigRecord(site)})
     meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
                     group_id="1", created_at=time.time(), ttl=60.0, message_type="train")
     return Message(content=content, metadata=meta)
@@ -105,15 +107,40 @@ def test_sites_of_one_label_set_start_round_two_from_their_averaged_head():
     assert not any(is_group_key(k) for k in front2["global"])  # the shared part a site loads holds no group keys
 
 
-def test_a_site_receives_no_other_groups_head():
-    sent: list[Message] = []
-    recorded_fsar_rounds(GROUPS, sent=sent, **{"group-heads": True, "mkd": False})
-    with_heads = [m for m in sent if any(is_group_key(k) for k in m.content.array_records["arrays"].keys())]
-    # round 1's evaluation and round 2's training and evaluation, to each of the three sites
-    assert len(with_heads) == 9, [m.metadata.message_type for m in sent]
-    tags = {m.metadata.dst_node_id: {group_of(k) for k in m.content.array_records["arrays"].keys() if is_group_key(k)}
-            for m in with_heads}
-    assert all(len(t) == 1 for t in tags.values()), tags  # the global record holds two groups
-    assert tags[1] == tags[2] != tags[3]  # "front" and "side" share a label list, "small" has its own
-    for m in with_heads:  # and every site still gets every shared parameter
-        assert sum(not is_group_key(k) for k in m.content.array_records["arrays"].keys()) > 0
+def test_a_site_gets_only_its_own_groups_head_and_a_site_alone_keeps_its_own_at_home():
+    grids: list = []
+    calls, _ = recorded_fsar_rounds(GROUPS, grids=grids, **{"group-heads": True, "mkd": False})
+    grid = grids[0]
+
+    def tags(m: Message) -> set[str]:
+        arrays = next(iter(m.content.array_records.values()), {})
+        return {group_of(k) for k in arrays.keys() if is_group_key(k)}
+
+    first, later = grid.downlink[:3], grid.downlink[3:]  # round 1's training, then all after it
+    assert [m.metadata.dst_node_id for m in later] == [1, 2, 3] * 3  # round 1's evaluation, round 2's both
+    assert all(PEERS_KEY not in m.content["config"] for m in first)  # nobody is known before replying
+    pair = tags(later[0])
+    assert len(pair) == 1 and all(tags(m) == pair for m in later if m.metadata.dst_node_id in (1, 2))
+    assert all(not tags(m) for m in later if m.metadata.dst_node_id == 3)  # "small" has a label list of its own
+    assert {(m.metadata.dst_node_id, m.content["config"][PEERS_KEY]) for m in later} == {(1, 1), (2, 1), (3, 0)}
+    train = [i for i, r in enumerate(grid.uplink) if r.metadata.message_type == "train"]
+    assert [grid.uplink[i].metadata.src_node_id for i in train] == [1, 2, 3, 1, 2, 3]
+    sent_tags = [{group_of(k) for k in grid.uplink_keys[i] if is_group_key(k)} for i in train]
+    assert sent_tags[0] == sent_tags[1] == sent_tags[3] == sent_tags[4] == pair
+    assert len(sent_tags[2]) == 1 and not sent_tags[5]  # told it is alone, "small" stops sending its head
+    for key, value in _heads(calls[5]["start"]).items():  # and starts round 2 from its own head
+        torch.testing.assert_close(value, calls[2]["end"][key], rtol=1e-6, atol=1e-7)
+
+
+def test_the_server_keeps_no_head_of_a_group_of_one():
+    strategy = build_strategy("fedavg", StrategyOptions(), eval_every=1, num_rounds=1, num_sites=3)
+    strategy.group_heads = True
+    strategy._expected = ArrayRecord(OrderedDict(w=torch.zeros(2)))
+    strategy._round_started = time.perf_counter()
+    strategy.record_for(1).sites_asked = 3
+    a, b = group_key(A, "head.bias"), group_key(B, "head.bias")
+    replies = [reply(1, 10, {"w": torch.ones(2), a: torch.ones(3)}, A), reply(2, 30, {"w": torch.ones(2), a: torch.ones(3)}, A),
+               reply(3, 20, {"w": torch.ones(2), b: torch.ones(3)}, B)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert a in arrays and b not in arrays
+    assert strategy.group_sizes() == {A: 2, B: 1}
