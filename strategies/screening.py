@@ -171,7 +171,8 @@ class ScreenedRounds:
         self.num_rounds = num_rounds
         self._expected: ArrayRecord | None = None
         self._round_started = 0.0
-        self._node_groups: dict[int, str] = {}  # under group-heads: each replying site's label group
+        self._node_groups: dict[int, str] = {}  # under group-heads: each replying node's label group
+        self._site_groups: dict[str, str] = {}  # and each site's, by name (a restarted site has a new node id)
 
     def record_for(self, server_round: int) -> RoundRecord:
         if not self.history or self.history[-1].round != server_round:
@@ -263,12 +264,14 @@ class ScreenedRounds:
             return
         site = msg.content.config_records.get("site")
         if site is not None and SITE_KEY in site:
-            self._node_groups[msg.metadata.src_node_id] = str(site[SITE_KEY])
+            tag = str(site[SITE_KEY])
+            self._node_groups[msg.metadata.src_node_id] = tag
+            self._site_groups[site_label(msg)] = tag
 
     def group_sizes(self) -> dict[str, int]:
         """How many of the sites heard from belong to each label group."""
         sizes: dict[str, int] = {}
-        for tag in self._node_groups.values():
+        for tag in self._site_groups.values():
             sizes[tag] = sizes.get(tag, 0) + 1
         return sizes
 

@@ -102,7 +102,7 @@ def test_sites_of_one_label_set_start_round_two_from_their_averaged_head():
         average = (n_front * front1["end"][key] + n_side * side1["end"][key]) / (n_front + n_side)
         torch.testing.assert_close(value, average, rtol=1e-5, atol=1e-6)
         assert torch.equal(side2["start"][key], value), key
-    for key, value in _heads(small2["start"]).items():  # alone in its group: its own head back
+    for key, value in _heads(small2["start"]).items():  # alone in its group: it keeps its own head
         torch.testing.assert_close(value, small1["end"][key], rtol=1e-6, atol=1e-7)
     assert not any(is_group_key(k) for k in front2["global"])  # the shared part a site loads holds no group keys
 
@@ -144,3 +144,7 @@ def test_the_server_keeps_no_head_of_a_group_of_one():
     arrays, _ = strategy.aggregate_train(1, replies)
     assert a in arrays and b not in arrays
     assert strategy.group_sizes() == {A: 2, B: 1}
+    restarted = reply(7, 20, {"w": torch.ones(2)}, B)  # site 3 again, under a new node id
+    restarted.content["site"]["site-name"] = "site-3"
+    strategy.learn_group(restarted)
+    assert strategy.group_sizes() == {A: 2, B: 1}  # still a group of one: sites count by name
