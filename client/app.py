@@ -189,6 +189,17 @@ def _declined(msg: Message, context: Context, received: ArrayRecord, site: str, 
     return answer
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Who the site is, asked before round 1: its name and, under ``group-heads``, its
+    label group, so that the coordinator can tell a site alone with its label list to
+    keep its head at home from round 1 on."""
+    config = msg.content["config"]
+    setup = site_setup(context, config)
+    data = site_data(setup)
+    return Message(RecordDict({"site": _site_record(setup.spec.name, config, data.classes)}), reply_to=msg)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the site's personalized model (global shared + own personal) on its test split."""

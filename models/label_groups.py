@@ -4,11 +4,11 @@ Under a policy that keeps the classifier head personal (sites with different lab
 sets), sites whose label lists are identical, in the same order, can still average
 their heads with each other. A site sends its head under keys tagged with its label
 group, ``label-group.<tag>.<parameter>``; the server averages each group's keys over
-the replies that carry them and keeps the others' last values. Every reply also names
-the site's group (``SITE_KEY`` in its site record), so the server knows who belongs
-where: it sends each site it knows only its own group's head (:func:`for_group`) and the
-number of its peers (``PEERS_KEY``). A site without peers keeps its head at home from
-then on, and the server keeps no head of a group of one. Under DP-SGD the average
+the replies that carry them and keeps the others' last values. A site names its group
+(``SITE_KEY`` in its site record) when asked before round 1 and in every reply, so the
+server knows who belongs where: it sends each site it knows only its own group's head
+(:func:`for_group`) and the number of its peers (``PEERS_KEY``). A site without peers
+keeps its head at home, and the server keeps no head of a group of one. Under DP-SGD the average
 shares out the noise of each site's head updates among the sites of its group.
 """
 

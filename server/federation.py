@@ -275,6 +275,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         if hooks is not None:
             hooks.round_end(server_round, global_arrays, strategy)
 
+    strategy.ask_groups(privacy.grid, train_config, settings.timeout_s)  # group-heads: who shares a label list
     final = run_rounds(
         privacy.strategy, privacy.grid, arrays, first_round, settings.num_server_rounds, train_config,
         ConfigRecord(dict(train_config)), on_round_end, timeout=settings.timeout_s,

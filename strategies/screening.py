@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from models.label_groups import PEERS_KEY, SITE_KEY, for_group, group_of, is_group_key
@@ -268,6 +269,24 @@ class ScreenedRounds:
             self._node_groups[msg.metadata.src_node_id] = tag
             self._site_groups[site_label(msg)] = tag
 
+    def ask_groups(self, grid, config: ConfigRecord, timeout: float) -> int:
+        """Under ``group-heads``, before round 1: ask every connected site for its label
+        group (a query message carrying ``config``), so that round 1 already tells each
+        site its number of peers. Returns how many sites answered; one that does not is
+        handled as before its first reply."""
+        if not self.group_heads:
+            return 0
+        messages = [Message(content=RecordDict({self.configrecord_key: ConfigRecord(dict(config))}),  # type: ignore[attr-defined]
+                            message_type=MessageType.QUERY, dst_node_id=node) for node in grid.get_node_ids()]
+        answered = 0
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            if reply.has_error():
+                log.warning("site %s did not name its label group: %s", site_label(reply), reply.error.reason)
+                continue
+            self.learn_group(reply)
+            answered += 1
+        return answered
+
     def group_sizes(self) -> dict[str, int]:
         """How many of the sites heard from belong to each label group."""
         sizes: dict[str, int] = {}
@@ -279,8 +298,8 @@ class ScreenedRounds:
         """``messages``, each to a site whose label group the server knows carrying that
         group's head only and, in its config, how many peers the site has in the group (a
         site without peers then keeps its head at home). So no site receives another
-        group's head. A site not heard from yet (round 1, or the first round after a
-        coordinator restart) gets the record as it is and loads its own group's head."""
+        group's head. A site not heard from yet (one that did not answer
+        :meth:`ask_groups`) gets the record as it is and loads its own group's head."""
         if not self.group_heads:
             return messages
         out = []

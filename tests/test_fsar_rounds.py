@@ -17,7 +17,7 @@ import torch
 from flwr.app import Context, Message
 
 import client.trainer as trainer
-from client.app import evaluate, train
+from client.app import evaluate, query, train
 from inprocess_grid import InProcessGrid, coordinator_identity
 from models.roles import parameter_kind, split_state
 from server.federation import run_federation
@@ -34,8 +34,9 @@ def server_identity():
 
 
 def site_function(msg: Message, context: Context) -> Message:
-    """The ClientApp's train or evaluate function, as the message type asks."""
-    return (train if msg.metadata.message_type.startswith("train") else evaluate)(msg, context)
+    """The ClientApp's train, evaluate or query function, as the message type asks."""
+    kind = msg.metadata.message_type.split(".")[0]
+    return {"train": train, "evaluate": evaluate, "query": query}[kind](msg, context)
 
 
 def _state(model) -> dict:

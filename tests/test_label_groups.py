@@ -116,18 +116,19 @@ def test_a_site_gets_only_its_own_groups_head_and_a_site_alone_keeps_its_own_at_
         arrays = next(iter(m.content.array_records.values()), {})
         return {group_of(k) for k in arrays.keys() if is_group_key(k)}
 
-    first, later = grid.downlink[:3], grid.downlink[3:]  # round 1's training, then all after it
-    assert [m.metadata.dst_node_id for m in later] == [1, 2, 3] * 3  # round 1's evaluation, round 2's both
-    assert all(PEERS_KEY not in m.content["config"] for m in first)  # nobody is known before replying
-    pair = tags(later[0])
-    assert len(pair) == 1 and all(tags(m) == pair for m in later if m.metadata.dst_node_id in (1, 2))
-    assert all(not tags(m) for m in later if m.metadata.dst_node_id == 3)  # "small" has a label list of its own
+    kinds = [m.metadata.message_type for m in grid.downlink]
+    assert kinds == ["query"] * 3 + ["train"] * 3 + ["evaluate"] * 3 + ["train"] * 3 + ["evaluate"] * 3
+    assert all(not m.content.array_records for m in grid.downlink[:3])  # the query carries no parameters
+    later = grid.downlink[3:]
     assert {(m.metadata.dst_node_id, m.content["config"][PEERS_KEY]) for m in later} == {(1, 1), (2, 1), (3, 0)}
+    pair = tags(later[3])  # round 1's evaluation: the pair's averaged head
+    assert len(pair) == 1 and all(tags(m) == pair for m in later[3:] if m.metadata.dst_node_id in (1, 2))
+    assert all(not tags(m) for m in later if m.metadata.dst_node_id == 3)  # "small" has a label list of its own
     train = [i for i, r in enumerate(grid.uplink) if r.metadata.message_type == "train"]
     assert [grid.uplink[i].metadata.src_node_id for i in train] == [1, 2, 3, 1, 2, 3]
     sent_tags = [{group_of(k) for k in grid.uplink_keys[i] if is_group_key(k)} for i in train]
     assert sent_tags[0] == sent_tags[1] == sent_tags[3] == sent_tags[4] == pair
-    assert len(sent_tags[2]) == 1 and not sent_tags[5]  # told it is alone, "small" stops sending its head
+    assert not sent_tags[2] and not sent_tags[5]  # told before round 1 that it is alone, "small" never sends its head
     for key, value in _heads(calls[5]["start"]).items():  # and starts round 2 from its own head
         torch.testing.assert_close(value, calls[2]["end"][key], rtol=1e-6, atol=1e-7)
 
