@@ -27,6 +27,7 @@ from client.site import (
     keep_personal,
     load_parameters,
     personal_from_state,
+    raw_site_data,
     round_train_config,
     site_data,
     site_setup,
@@ -34,7 +35,7 @@ from client.site import (
     with_group_head,
     with_tagged_head,
 )
-from models.roles import check_global_mix, is_frozen
+from models.roles import check_global_mix, freeze_blocks
 from privacy.central import clipping_when_requested
 from privacy.secagg import secaggplus_when_requested
 
@@ -93,9 +94,7 @@ def train(msg: Message, context: Context) -> Message:
     shared_blocks = int(config.get("shared-blocks", 0))
     personal_epochs = int(config.get("personal-epochs", 0))
     frozen_blocks = int(config.get("frozen-blocks", 0))
-    for name, p in model.named_parameters():  # the warm start's features stay as received
-        if is_frozen(name, frozen_blocks):
-            p.requires_grad_(False)  # the model is built afresh each round: nothing to restore
+    freeze_blocks(model, frozen_blocks)  # the warm start's features stay as received (the model is built each round)
     started = time.perf_counter()
     if personal_epochs > 0:
         check_personal_epochs(personal_epochs, dp_requested(context, config))  # the site's own DP too
@@ -196,8 +195,8 @@ def query(msg: Message, context: Context) -> Message:
     keep its head at home from round 1 on."""
     config = msg.content["config"]
     setup = site_setup(context, config)
-    data = site_data(setup)
-    return Message(RecordDict({"site": _site_record(setup.spec.name, config, data.classes)}), reply_to=msg)
+    classes = raw_site_data(setup).classes  # anonymization keeps the labels: nothing to fit here
+    return Message(RecordDict({"site": _site_record(setup.spec.name, config, classes)}), reply_to=msg)
 
 
 @app.evaluate()

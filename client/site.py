@@ -69,11 +69,17 @@ def site_setup(context: Context, config: ConfigRecord) -> SiteSetup:
     )
 
 
+def raw_site_data(setup: SiteSetup) -> SiteArrays:
+    """The site's arrays as loaded (memoized), before any anonymization: enough to know its
+    label list without fitting an anonymizer."""
+    return load_site(setup.spec, setup.data_root, setup.layout, setup.num_frames, setup.num_persons, setup.seed)
+
+
 def site_data(setup: SiteSetup) -> SiteArrays:
     """The arrays the site trains and tests on: anonymized first when the site says so."""
     from privacy.site_anonymization import SiteAnonymization, protect_site
 
-    arrays = load_site(setup.spec, setup.data_root, setup.layout, setup.num_frames, setup.num_persons, setup.seed)
+    arrays = raw_site_data(setup)
     setting = SiteAnonymization.parse(setup.spec.anonymize, f"site {setup.spec.name!r}: anonymize")
     key = json.dumps([setup.spec.data_json(), setup.data_root, setup.num_frames, setup.num_persons])
     return protect_site(arrays, setting, setup.layout, setup.seed, setup.state_dir, key=key)

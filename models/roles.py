@@ -12,7 +12,10 @@ where sites with different sensors and label sets disagree.
 
 from __future__ import annotations
 
-from typing import Mapping, TypeVar
+from typing import TYPE_CHECKING, Mapping, TypeVar
+
+if TYPE_CHECKING:
+    import torch
 
 V = TypeVar("V")
 
@@ -118,6 +121,13 @@ def is_frozen(name: str, frozen_blocks: int) -> bool:
         return False
     block = block_index(name)
     return block is None or block < frozen_blocks
+
+
+def freeze_blocks(model: torch.nn.Module, frozen_blocks: int) -> None:
+    """Stop gradients to every parameter :func:`is_frozen` names, as a site does on a warm start."""
+    for name, p in model.named_parameters():
+        if is_frozen(name, frozen_blocks):
+            p.requires_grad_(False)
 
 
 def personal_kinds(policy: str) -> frozenset[str]:

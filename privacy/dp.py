@@ -271,11 +271,11 @@ def check_model(model: nn.Module) -> None:
         raise ValueError("the model cannot be trained with DP-SGD: " + "; ".join(str(e) for e in errors[:5]))
 
 
-def _device_of(spec: str) -> torch.device:
-    """The site trainer's device choice, with its clear error for a missing GPU."""
+def _recipe_device(recipe: Any) -> torch.device:
+    """The device ``recipe`` trains on, chosen as the site trainer chooses it."""
     from client.trainer import resolve_device
 
-    return resolve_device(spec)
+    return resolve_device(str(getattr(recipe, "device", "auto")))
 
 
 def train_private(
@@ -335,7 +335,7 @@ def train_private(
         log.warning("site %s declines round %d: %s", site, server_round, stop.reason)
         raise stop
 
-    device = _device_of(str(getattr(recipe, "device", "auto")))
+    device = _recipe_device(recipe)
     with warnings.catch_warnings():  # noise and sampling use secret generators (see module docs)
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=settings.accountant, secure_mode=settings.secure_mode)
@@ -437,7 +437,7 @@ def train_site(
     own, ledger_path = site_privacy(context.node_config)
     settings = DPSettings.resolve((config, "run config"), (own, "site config"))
     if not settings.enabled:
-        model.to(_device_of(str(getattr(recipe, "device", "auto"))))  # before its optimizer: see train_private
+        model.to(_recipe_device(recipe))  # before its optimizer: see train_private
         metrics = train_fn(model, data, recipe, teacher=teacher, global_shared=global_shared,
                            optimizer=optimizer_fn(model, recipe))
         return metrics, plain_metrics()

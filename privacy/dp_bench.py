@@ -38,7 +38,7 @@ MODES = ("plain", "hooks", "ghost", "functorch", "ew")
 
 def _model(preset: str, overrides: dict[str, Any], classes: int, seed: int, frozen_blocks: int = 0) -> torch.nn.Module:
     from models import ModelConfig, build_model
-    from models.roles import is_frozen
+    from models.roles import freeze_blocks
     from skeletons.layouts import get_layout
 
     torch.manual_seed(seed)
@@ -46,9 +46,7 @@ def _model(preset: str, overrides: dict[str, Any], classes: int, seed: int, froz
     if overrides:
         config = config.with_(**overrides)
     model = build_model(get_layout("kinect-v1"), classes, 1, config)
-    for name, p in model.named_parameters():
-        if is_frozen(name, frozen_blocks):
-            p.requires_grad_(False)
+    freeze_blocks(model, frozen_blocks)
     return model
 
 
