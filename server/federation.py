@@ -24,7 +24,7 @@ from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
 from skeletons.atomic import write_arrays, write_json
-from server.warm_start import warm_start
+from server.warm_start import check_frozen_loaded, warm_start
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario, resolve_scenario
 from strategies.baselines import LocalOnly
@@ -92,7 +92,8 @@ def starting_arrays(
     """
     if policy == "local":
         policy = "fedavg" if scenario.shared_label_set else "fedavg-local-heads"
-    arrays, _ = warm_start(initial_arrays(scenario, settings, model_config, policy), initial_model)
+    arrays, kept_fresh = warm_start(initial_arrays(scenario, settings, model_config, policy), initial_model)
+    check_frozen_loaded(kept_fresh, settings.frozen_blocks, initial_model)
     return arrays
 
 

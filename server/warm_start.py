@@ -60,3 +60,18 @@ def warm_start(fresh: ArrayRecord, spec: str | Path) -> tuple[ArrayRecord, list[
     log.info("initial model %s: %d of %d shared parameters loaded; kept fresh: %s",
              path, len(fresh) - len(kept_fresh), len(fresh), ", ".join(kept_fresh) or "none")
     return ArrayRecord(out), kept_fresh
+
+
+def check_frozen_loaded(kept_fresh: list[str], frozen_blocks: int, spec: str | Path) -> None:
+    """Refuse a warm start that leaves a frozen parameter fresh: no site would ever train
+    it, so the federation would classify from random features."""
+    from models.roles import is_frozen
+
+    frozen_fresh = [key for key in kept_fresh if is_frozen(key, frozen_blocks)]
+    if frozen_fresh:
+        shown = ", ".join(frozen_fresh[:4]) + (f" and {len(frozen_fresh) - 4} more" if len(frozen_fresh) > 4 else "")
+        raise WarmStartError(
+            f"initial-model {spec}: frozen-blocks = {frozen_blocks} freezes {shown}, but the file holds no "
+            f"value of that name and shape for them, so they would stay random (a model of another layout "
+            f"or width? lower frozen-blocks or give a matching model)"
+        )

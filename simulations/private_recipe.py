@@ -1,0 +1,139 @@
+"""``--private-recipe``: the settings that keep the most accuracy under DP-SGD, as one option.
+
+Under sample-level DP-SGD a site's noise grows with the parameters it trains and its
+signal with the sequences it holds, and the sites here hold a few hundred. The recipe
+(measured in BENCHMARKS.md, "Utility under privacy") starts every site from a backbone
+trained on the built-in synthetic data, freezes every graph block, and trains only the
+statistics branch and the head, with the optimizer state kept across rounds and one head
+per label group. Every key is an ordinary run-config key: options given on the command
+line or with ``--set`` override the recipe's, and a deployed coordinator gets the same
+run by putting the keys in its run config.
+
+The synthetic warm start is built once (the default synthetic job, seed 0) and cached in
+``$FEDSAR_CACHE`` (else ``$XDG_CACHE_HOME/fedsar``, else ``~/.cache/fedsar``), under a
+name that changes with the synthetic scenario's model and layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from skeletons.clikit import UserError
+
+# Run-config keys of the recipe besides the warm start and the frozen depth (which
+# depends on the model: every block). The run's own model-overrides are laid over these.
+RECIPE_KEYS: dict[str, Any] = {
+    "model-overrides": {"statistics": True},
+    "batch-size": 128,
+    "learning-rate": 0.005,
+    "local-epochs": 5,
+    "group-heads": True,
+    "keep-optimizer-state": True,
+    "dp-accountant": "prv",
+}
+
+
+def apply_private_recipe(config: dict[str, Any], explicit: set[str], device: str = "auto") -> dict[str, Any]:
+    """``config`` (scenario defaults with the run's own keys on top) with the recipe's
+    keys filled in wherever the run did not give its own (``explicit``); the run's
+    ``model-overrides`` are laid over the recipe's key by key. Builds the synthetic
+    warm start first when the run names no ``initial-model``."""
+    from server.federation import model_config_for
+    from server.settings import RunSettings
+    from skeletons.scenario import resolve_scenario
+
+    out = dict(config)
+    for key, value in RECIPE_KEYS.items():
+        if key not in explicit and key != "model-overrides":
+            out[key] = value
+    # a JSON text, as a run config (Flower's, a TOML file) carries it
+    out["model-overrides"] = json.dumps({**RECIPE_KEYS["model-overrides"], **_as_object(config.get("model-overrides"))})
+    if "frozen-blocks" not in explicit:
+        scenario = resolve_scenario(str(out["scenario"]), out.get("paths-file") or None)
+        preset = str(out.get("model-preset") or RunSettings.model_preset)
+        try:
+            out["frozen-blocks"] = len(model_config_for(scenario, preset, out["model-overrides"])["channels"])
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    if "initial-model" not in explicit:
+        out["initial-model"] = str(synthetic_warm_start(device))
+    return out
+
+
+def _as_object(overrides: Any) -> dict[str, Any]:
+    """A run's ``model-overrides`` (a dict, a JSON text or nothing) as a dict."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise UserError(f"run config 'model-overrides' {overrides!r} is not JSON: {err}") from None
+    if not isinstance(overrides, dict):
+        raise UserError(f"run config 'model-overrides' must be a JSON object, got {overrides!r}")
+    return dict(overrides)
+
+
+def cache_root() -> Path:
+    """Where fedsar keeps what it builds once per machine."""
+    if os.environ.get("FEDSAR_CACHE"):
+        return Path(os.environ["FEDSAR_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedsar"
+
+
+def synthetic_model_tag() -> str:
+    """A short digest of the synthetic scenario's model and layout: a cached warm start of
+    another model is not reused."""
+    from server.federation import model_config_for
+    from skeletons.scenario import load_scenario
+
+    scenario = load_scenario("synthetic")
+    from server.settings import RunSettings
+
+    preset = str(scenario.defaults.get("model-preset") or RunSettings.model_preset)
+    spec = {"layout": scenario.layout, "frames": scenario.num_frames, "persons": scenario.num_persons,
+            "model": model_config_for(scenario, preset)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def synthetic_warm_start(device: str = "auto", rounds: int | None = None) -> Path:
+    """The cached synthetic warm start's ``global.npz``, built first if missing.
+
+    Built by a child process running the default synthetic job into a temporary folder
+    that is renamed into place only when the job succeeded, so that an interrupted build
+    leaves nothing half-written to be reused. ``rounds`` shortens the job (tests)."""
+    final = cache_root() / "warm-start" / (f"synthetic-{synthetic_model_tag()}" + (f"-r{rounds}" if rounds else ""))
+    model = final / "global.npz"
+    if model.is_file():
+        return model
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
+    command = [sys.executable, "-m", "simulations.cli", "run", "--scenario", "synthetic", "--seed", "0",
+               "--device", device, "--out", str(staging)]
+    if rounds:
+        command += ["--rounds", str(rounds)]
+    print(f"private recipe: building the synthetic warm start once -> {final} "
+          f"(the default synthetic job; about 1.5 minutes on 2 CPU cores)", flush=True)
+    try:
+        done = subprocess.run(command)
+        if done.returncode != 0 or not (staging / "global.npz").is_file():
+            raise UserError(f"private recipe: the synthetic warm start job failed (exit {done.returncode}); "
+                            f"its output is above. Give --initial-model PATH to use another model.")
+        try:
+            staging.rename(final)
+        except OSError:  # another run built it meanwhile: use theirs
+            if not model.is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return model

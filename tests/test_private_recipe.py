@@ -1,0 +1,97 @@
+"""``--private-recipe``: its keys, explicit options over them, and the cached warm start."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from server.federation import initial_arrays, model_config_for
+from server.settings import RunSettings
+from simulations.private_recipe import cache_root, synthetic_model_tag, synthetic_warm_start
+from simulations.run import add_arguments, settings_from_args
+from skeletons.atomic import write_arrays
+from skeletons.clikit import UserError
+from skeletons.scenario import load_scenario
+from strategies.registry import client_policy
+
+TINY = Path(__file__).parent / "scenarios" / "tiny.toml"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--scenario", str(TINY), "--device", "cpu", "--private-recipe", *argv])
+
+
+def _cached_model(drop: str | None = None) -> Path:
+    """A warm start for the tiny scenario's model, placed where the recipe looks for the
+    synthetic one (the cache is the test's own folder); ``drop`` leaves that key out."""
+    scenario = load_scenario(TINY)
+    settings = RunSettings.from_run_config({**scenario.defaults, "scenario": str(TINY)})
+    config = model_config_for(scenario, settings.model_preset, {"statistics": True})
+    arrays = initial_arrays(scenario, settings, config, client_policy("fsar", scenario.shared_label_set))
+    path = cache_root() / "warm-start" / f"synthetic-{synthetic_model_tag()}" / "global.npz"
+    path.parent.mkdir(parents=True)
+    write_arrays(path, {k: v.numpy() + 1.0 for k, v in arrays.items() if k != drop})
+    return path
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSAR_CACHE", str(tmp_path / "cache"))
+
+
+def test_the_recipe_fills_every_key_and_freezes_every_block(tmp_path):
+    model = _cached_model()
+    settings = settings_from_args(parse(), "fsar", tmp_path / "run")
+    assert settings.frozen_blocks == 4  # the tiny model's four blocks
+    assert (settings.batch_size, settings.learning_rate, settings.local_epochs) == (128, 0.005, 5)
+    assert settings.group_heads and settings.keep_optimizer_state
+    assert json.loads(settings.extra["model-overrides"]) == {"statistics": True}
+    assert settings.extra["dp-accountant"] == "prv"
+    assert Path(settings.extra["initial-model"]) == model
+
+
+def test_options_given_explicitly_win_over_the_recipe(tmp_path):
+    _cached_model()
+    args = parse("--batch-size", "32", "--frozen-blocks", "2", "--set", "dp-accountant=rdp",
+                 "--set", 'model-overrides={"dropout": 0.1}')
+    settings = settings_from_args(args, "fsar", tmp_path / "run")
+    assert (settings.batch_size, settings.frozen_blocks, settings.learning_rate) == (32, 2, 0.005)
+    assert settings.extra["dp-accountant"] == "rdp"
+    assert json.loads(settings.extra["model-overrides"]) == {"statistics": True, "dropout": 0.1}
+
+
+def test_an_explicit_initial_model_is_used_and_nothing_is_built(tmp_path):
+    own = _cached_model()
+    moved = tmp_path / "mine.npz"
+    own.rename(moved)
+    settings = settings_from_args(parse("--initial-model", str(moved)), "fsar", tmp_path / "run")
+    assert Path(settings.extra["initial-model"]) == moved
+    assert not own.exists()  # the cache was not filled
+
+
+def test_a_warm_start_that_leaves_a_frozen_block_random_is_refused(tmp_path):
+    scenario = load_scenario(TINY)
+    settings = RunSettings.from_run_config({**scenario.defaults, "scenario": str(TINY)})
+    keys = list(initial_arrays(scenario, settings, model_config_for(scenario, "slim", {"statistics": True}),
+                               client_policy("fsar", scenario.shared_label_set)).keys())
+    block_key = next(k for k in keys if k.startswith("blocks.0."))
+    _cached_model(drop=block_key)
+    with pytest.raises(UserError, match=rf"global.npz: frozen-blocks = 4 freezes .*{block_key}"):
+        settings_from_args(parse(), "fsar", tmp_path / "run")
+    # a shallower freeze leaves that block to training, so the same file is fine
+    assert settings_from_args(parse("--frozen-blocks", "0"), "fsar", tmp_path / "run").frozen_blocks == 0
+
+
+@pytest.mark.slow
+def test_the_synthetic_warm_start_is_built_once_by_the_real_job():
+    built = synthetic_warm_start("cpu", rounds=1)
+    assert built.is_file() and built.parent.name.startswith("synthetic-")
+    stamp = built.stat().st_mtime_ns
+    assert synthetic_warm_start("cpu", rounds=1) == built
+    assert built.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert [p.name for p in built.parent.parent.iterdir()] == [built.parent.name]  # no staging folder left
