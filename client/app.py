@@ -86,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     from privacy.dp import BudgetExhausted, dp_requested, fit_statistics_scale, train_site
 
     try:  # the statistics branch's scale, once per site (under DP a release the ledger counts)
-        fit_statistics_scale(context, config, setup.spec.name, model, data.x_train)
+        scale_fitted = fit_statistics_scale(context, config, setup.spec.name, model, data.x_train)
     except BudgetExhausted as stop:
         return _declined(msg, context, received, setup.spec.name, stop)
 
@@ -120,6 +120,8 @@ def train(msg: Message, context: Context) -> Message:
                 teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
             )
         except BudgetExhausted as stop:
+            if scale_fitted == "dp":  # paid for: keep it, or the next round would release it again
+                _keep_released_scale(context, config, model, policy, shared_blocks)
             return _declined(msg, context, received, setup.spec.name, stop)
     kept_state = keeper.keep(context) if keep_state else None
     if privacy_metrics["privacy-dp"]:
@@ -171,6 +173,16 @@ def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord) -> dic
         "trained-loss": float(result["loss"]),
         "trained-eval-seconds": time.perf_counter() - started,
     }
+
+
+def _keep_released_scale(context: Context, config: ConfigRecord, model: torch.nn.Module, policy: str,
+                         shared_blocks: int) -> None:
+    """Keep the personal part as received, with the statistics scale the site released
+    this round, when the round then declines: the release is in the ledger, and a site
+    that dropped the scale would pay for a second one in its next round."""
+    _, personal = split_parameters(model, policy, shared_blocks)
+    keep_personal(context, personal)
+    save_personal(context, config, personal, own=own_shared(context), optimizer=saved_state(context))
 
 
 def _declined(msg: Message, context: Context, received: ArrayRecord, site: str, stop) -> Message:

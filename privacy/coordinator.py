@@ -71,8 +71,9 @@ def coordinator_privacy(strategy: Strategy, grid: Grid, run_config: Mapping[str,
 
 
 def site_epsilons(history: Any) -> dict[str, dict[str, float]]:
-    """Per site: the last epsilon it reported, whether it trained with DP-SGD, and how
-    many rounds it declined (from the screened replies of every round)."""
+    """Per site: the last epsilon it reported (in a reply it trained or declined with),
+    whether it trained with DP-SGD, and how many rounds it declined (from the screened
+    replies of every round)."""
     sites: dict[str, dict[str, float]] = {}
     for record in history:
         for site, metrics in getattr(record, "train", {}).items():
@@ -83,6 +84,9 @@ def site_epsilons(history: Any) -> dict[str, dict[str, float]]:
             site, _, why = str(reason).partition(": ")
             if why.startswith("declined"):
                 sites.setdefault(site, {"epsilon": 0.0, "dp": 1.0, "declined_rounds": 0})["declined_rounds"] += 1
+        for site, metrics in getattr(record, "declined", {}).items():  # a declining site still reports its spend
+            if "privacy-epsilon" in metrics:
+                sites[site]["epsilon"] = float(metrics["privacy-epsilon"])
     return sites
 
 

@@ -66,6 +66,16 @@ class RoundRecord:
     received_keys: list[str] = field(default_factory=list)  # parameter names that left the sites
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the privacy metrics of sites that declined the round (their epsilon spent so far)
+    declined: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def privacy_metrics(msg: Message) -> dict[str, float]:
+    """The ``privacy-*`` metrics of a reply (what a declining site reports of its budget)."""
+    out: dict[str, float] = {}
+    for record in msg.content.metric_records.values():
+        out.update({k: float(v) for k, v in record.items() if k.startswith("privacy-") and isinstance(v, (int, float))})
+    return out
 
 
 def site_label(msg: Message) -> str:
@@ -212,6 +222,8 @@ class ScreenedRounds:
                 reason = f"{site_label(msg)}: {problem}"
                 log.warning("round %d: dropped reply from %s", server_round, reason)
                 record.dropped.append(reason)
+                if problem.startswith("declined"):
+                    record.declined[site_label(msg)] = privacy_metrics(msg)
         return good
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -255,3 +255,30 @@ def test_a_private_federation_with_the_branch_stays_in_budget_and_shares_only_th
     final = read_arrays(tmp_path / "global.npz")
     assert not any(k.startswith("statistics.scale") for k in final)
     assert np.abs(final["statistics.proj.weight"]).sum() > 0, "the sites trained the shared projection"
+
+
+@pytest.mark.slow
+def test_a_site_that_declines_after_releasing_its_scale_keeps_it_and_pays_once(tmp_path):
+    """Budget 2.5 with a fixed noise multiplier of 0.5: in round 1 each site releases its
+    scale (a fifth of the budget), then declines DP-SGD (it would pass 15). Round 2 must
+    start from the kept scale: a second release (still within the budget) would be spent
+    for nothing. Each declining reply reports the epsilon spent, and results.json has it."""
+    from pathlib import Path
+
+    from privacy.ledger import epsilon_of
+    from server.settings import RunSettings
+    from simulations.engine import simulate
+    from skeletons.scenario import load_scenario
+
+    path = Path(__file__).parent / "scenarios" / "privacy-tiny.toml"
+    scenario = load_scenario(path)
+    config = dict(scenario.defaults)
+    config.update({"scenario": str(path), "strategy": "fedavg", "device": "cpu", "out-dir": str(tmp_path),
+                   "num-server-rounds": 2, "dp-noise-multiplier": 0.5, "dp-epsilon": 2.5,
+                   "model-overrides": '{"statistics": true}'})
+    results = simulate(scenario, RunSettings.from_run_config(config), quiet=True)
+    one_release = epsilon_of([(release_noise(2.5, 1e-5, "rdp"), 1.0, 2)], "rdp", 1e-5)
+    assert epsilon_of([(release_noise(2.5, 1e-5, "rdp"), 1.0, 4)], "rdp", 1e-5) < 2.5  # room for a second
+    for name, site in results["privacy"]["sites"].items():
+        assert site["declined_rounds"] == 2, name
+        assert site["epsilon"] == pytest.approx(one_release), f"site {name} released its scale more than once"
