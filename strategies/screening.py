@@ -311,7 +311,9 @@ class ScreenedRounds:
         group's head only and, in its config, how many peers the site has in the group (a
         site without peers then keeps its head at home). So no site receives another
         group's head. A site not heard from yet (one that did not answer
-        :meth:`ask_groups`) gets the record as it is and loads its own group's head."""
+        :meth:`ask_groups`: it connected later, or restarted under a new node id) gets no
+        group head and is told it has no peers, so it keeps its own head at home until its
+        reply has named its group."""
         if not self.group_heads:
             return messages
         out = []
@@ -320,13 +322,14 @@ class ScreenedRounds:
         for msg in messages:
             node = msg.metadata.dst_node_id
             arrays = msg.content.array_records.get(key)
-            if node in self._node_groups and arrays is not None:
-                tag = self._node_groups[node]
+            if arrays is not None:
+                tag = self._node_groups.get(node)
                 content = RecordDict(dict(msg.content.items()))
-                content[key] = ArrayRecord(OrderedDict(for_group(arrays, tag)))
+                content[key] = ArrayRecord(OrderedDict(
+                    for_group(arrays, tag) if tag is not None else ((k, v) for k, v in arrays.items() if not is_group_key(k))))
                 if config_key in msg.content.config_records:
                     content[config_key] = ConfigRecord({**dict(msg.content.config_records[config_key].items()),
-                                                        PEERS_KEY: sizes[tag] - 1})
+                                                        PEERS_KEY: sizes[tag] - 1 if tag is not None else 0})
                 msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
             out.append(msg)
         return out

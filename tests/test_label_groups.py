@@ -149,3 +149,28 @@ def test_the_server_keeps_no_head_of_a_group_of_one():
     restarted.content["site"]["site-name"] = "site-3"
     strategy.learn_group(restarted)
     assert strategy.group_sizes() == {A: 2, B: 1}  # still a group of one: sites count by name
+
+
+def test_a_site_not_heard_from_gets_no_group_head_and_is_told_to_keep_its_own():
+    """A site that connected after the label-group query (or restarted under a new node
+    id): no group's head goes to it, and with no peers it sends none of its own, until
+    its reply has named its group."""
+    strategy = build_strategy("fedavg", StrategyOptions(), eval_every=1, num_rounds=2, num_sites=3)
+    strategy.group_heads = True
+    strategy.learn_group(reply(1, 10, {}, A))
+    strategy.learn_group(reply(2, 10, {}, A))
+    record = {"w": torch.zeros(2), group_key(A, "head.bias"): torch.ones(3), group_key(B, "head.bias"): torch.ones(3)}
+
+    def train_message(node: int) -> Message:
+        content = RecordDict({"arrays": ArrayRecord(OrderedDict(record)), "config": ConfigRecord({"server-round": 2})})
+        return Message(content=content, message_type="train", dst_node_id=node)
+
+    known, late = strategy.own_group_heads_only([train_message(1), train_message(9)])
+    assert set(known.content["arrays"].keys()) == {"w", group_key(A, "head.bias")}
+    assert known.content["config"][PEERS_KEY] == 1
+    assert set(late.content["arrays"].keys()) == {"w"}
+    assert late.content["config"][PEERS_KEY] == 0
+    strategy.learn_group(reply(9, 10, {}, B))  # its first reply names its group: from now on as any site
+    (late,) = strategy.own_group_heads_only([train_message(9)])
+    assert set(late.content["arrays"].keys()) == {"w", group_key(B, "head.bias")}
+    assert late.content["config"][PEERS_KEY] == 0  # site-9 is alone in group B
