@@ -10,7 +10,7 @@ from simulations.report import site_table
 from skeletons.clikit import UserError
 from skeletons.scenario import (Scenario, ScenarioError, builtin_scenarios, check_copies_augmented,
                                 resolve_scenario)
-from strategies.registry import STRATEGY_NAMES
+from strategies.registry import STRATEGY_NAMES, client_policy
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -151,8 +151,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")
-        from strategies.registry import client_policy  # refuses share-head / personal-norms where they mean nothing
-
+        # client_policy refuses share-head / personal-norms where they mean nothing
         client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
         from server.federation import with_run_anonymization
 
@@ -162,14 +161,27 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
 
             initial_model_file(str(settings.extra["initial-model"]))
             if settings.frozen_blocks:  # a model that would leave frozen blocks random fails here, not in round 1
-                from server.federation import starting_arrays
-
-                policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head,
-                                       settings.personal_norms)
-                starting_arrays(scenario, settings, model, policy, str(settings.extra["initial-model"]))
+                check_warm_start(scenario, settings, model)
     except ValueError as err:
         raise UserError(str(err)) from None
     return settings
+
+
+def check_warm_start(scenario: Scenario, settings: RunSettings, model: dict) -> None:
+    """Load the run's initial model as the server will, without its log line (the run
+    itself writes it), so that a file unfit for the run fails before the engine starts."""
+    import logging
+
+    from server.federation import starting_arrays
+
+    policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
+    warm_log = logging.getLogger("server.warm_start")
+    level = warm_log.level
+    warm_log.setLevel(logging.WARNING)
+    try:
+        starting_arrays(scenario, settings, model, policy, str(settings.extra["initial-model"]))
+    finally:
+        warm_log.setLevel(level)
 
 
 def scenario_for_engine(args: argparse.Namespace, settings: RunSettings) -> Scenario:
