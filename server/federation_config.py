@@ -168,11 +168,15 @@ def load_federation_config(path: str | Path) -> FederationConfig:
     scenario = str(run.get("scenario", "synthetic"))
     if scenario.endswith(".toml") or "/" in scenario:
         run["scenario"] = str(_path(base, scenario))
-    for key in ("data-root", "paths-file"):
+    for key in ("data-root", "paths-file", "initial-model"):
         if run.get(key):
             run[key] = str(_path(base, str(run[key])))
     try:
         RunSettings.from_run_config(run)
+        if run.get("initial-model"):  # a missing warm start fails here, not in the ServerApp
+            from server.warm_start import initial_model_file
+
+            initial_model_file(str(run["initial-model"]))
     except ValueError as err:
         raise FederationConfigError(f"{source}: [run] {err}") from None
 

@@ -137,3 +137,34 @@ def synthetic_warm_start(device: str = "auto", rounds: int | None = None) -> Pat
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return model
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--scenario", default="synthetic",
+                        help="the scenario whose model sets frozen-blocks (built-in name or .toml path)")
+    parser.add_argument("--device", default="auto", help="where the warm start job trains, if it must be built")
+
+
+def run(args: Any) -> int:
+    """``fedsar-sim private-recipe``: the recipe's run-config keys as TOML for a
+    coordinator's ``[run]`` table, with the cached synthetic warm start's path (built
+    first if missing)."""
+    from skeletons.scenario import ScenarioError
+
+    try:
+        config = apply_private_recipe({"scenario": args.scenario}, set(), args.device)
+    except ScenarioError as err:
+        raise UserError(str(err)) from None
+    print("# the private recipe (fedsar-sim run --private-recipe); add dp-epsilon, dp-delta, dp-max-grad-norm")
+    for key in ("initial-model", "frozen-blocks", *(k for k in RECIPE_KEYS)):
+        print(f"{key} = {_toml_value(config[key])}")
+    return 0
+
+
+def _toml_value(value: Any) -> str:
+    """One TOML value: booleans and numbers as they are, anything else as a quoted string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))

@@ -238,6 +238,17 @@ def test_example_federation_config_and_errors(tmp_path):
             load_federation_config(path)
 
 
+def test_the_initial_model_is_found_next_to_the_federation_config_or_refused_by_name(tmp_path):
+    text = (EXAMPLES / "federation.toml").read_text().replace("[run]", "[run]\ninitial-model = 'warm/global.npz'", 1)
+    path = tmp_path / "federation.toml"
+    path.write_text(text)
+    with pytest.raises(FederationConfigError, match=r"warm/global.npz: no such file"):
+        load_federation_config(path)
+    (tmp_path / "warm").mkdir()
+    (tmp_path / "warm" / "global.npz").write_bytes(b"")
+    assert load_federation_config(path).run["initial-model"] == str(tmp_path / "warm" / "global.npz")
+
+
 def test_dashboard_queries_only_exported_metrics(tmp_path):
     """Every metric the Grafana dashboard plots is one the coordinator or a site exports."""
     import re

@@ -95,3 +95,18 @@ def test_the_synthetic_warm_start_is_built_once_by_the_real_job():
     assert synthetic_warm_start("cpu", rounds=1) == built
     assert built.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert [p.name for p in built.parent.parent.iterdir()] == [built.parent.name]  # no staging folder left
+
+
+def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(capsys):
+    import tomllib
+
+    from simulations.cli import main
+
+    model = _cached_model()
+    assert main(["private-recipe", "--scenario", str(TINY)]) == 0
+    keys = tomllib.loads(capsys.readouterr().out)
+    assert keys["initial-model"] == str(model) and keys["frozen-blocks"] == 4
+    assert keys["group-heads"] is True and keys["dp-accountant"] == "prv" and keys["learning-rate"] == 0.005
+    assert json.loads(keys["model-overrides"]) == {"statistics": True}
+    settings = RunSettings.from_run_config({**keys, "scenario": str(TINY)})
+    assert (settings.frozen_blocks, settings.batch_size, settings.keep_optimizer_state) == (4, 128, True)
