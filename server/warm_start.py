@@ -62,12 +62,19 @@ def warm_start(fresh: ArrayRecord, spec: str | Path) -> tuple[ArrayRecord, list[
     return ArrayRecord(out), kept_fresh
 
 
-def check_frozen_loaded(kept_fresh: list[str], frozen_blocks: int, spec: str | Path) -> None:
-    """Refuse a warm start that leaves a frozen parameter fresh: no site would ever train
-    it, so the federation would classify from random features."""
-    from models.roles import is_frozen
+# Kinds FSAR keeps on the sites: a warm start from an fsar run cannot hold them, and their
+# fresh values (a small random unique topology, weights of 1) are where FSAR starts every
+# site, so a strategy that shares them may start from them too.
+_FRESH_BY_DESIGN = frozenset({"unique", "topology_scalar"})
 
-    frozen_fresh = [key for key in kept_fresh if is_frozen(key, frozen_blocks)]
+
+def check_frozen_loaded(kept_fresh: list[str], frozen_blocks: int, spec: str | Path) -> None:
+    """Refuse a warm start that leaves a frozen feature parameter fresh: no site would ever
+    train it, so the federation would classify from random features."""
+    from models.roles import is_frozen, parameter_kind
+
+    frozen_fresh = [key for key in kept_fresh
+                    if is_frozen(key, frozen_blocks) and parameter_kind(key) not in _FRESH_BY_DESIGN]
     if frozen_fresh:
         shown = ", ".join(frozen_fresh[:4]) + (f" and {len(frozen_fresh) - 4} more" if len(frozen_fresh) > 4 else "")
         raise WarmStartError(

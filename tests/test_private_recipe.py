@@ -15,6 +15,7 @@ from simulations.run import add_arguments, settings_from_args
 from skeletons.atomic import write_arrays
 from skeletons.clikit import UserError
 from skeletons.scenario import load_scenario
+from models.roles import parameter_kind
 from strategies.registry import client_policy
 
 TINY = Path(__file__).parent / "scenarios" / "tiny.toml"
@@ -79,12 +80,20 @@ def test_a_warm_start_that_leaves_a_frozen_block_random_is_refused(tmp_path):
     settings = RunSettings.from_run_config({**scenario.defaults, "scenario": str(TINY)})
     keys = list(initial_arrays(scenario, settings, model_config_for(scenario, "slim", {"statistics": True}),
                                client_policy("fsar", scenario.shared_label_set)).keys())
-    block_key = next(k for k in keys if k.startswith("blocks.0."))
+    block_key = next(k for k in keys if k.startswith("blocks.0.") and parameter_kind(k) == "backbone")
     _cached_model(drop=block_key)
     with pytest.raises(UserError, match=rf"global.npz: frozen-blocks = 4 freezes .*{block_key}"):
         settings_from_args(parse(), "fsar", tmp_path / "run")
     # a shallower freeze leaves that block to training, so the same file is fine
     assert settings_from_args(parse("--frozen-blocks", "0"), "fsar", tmp_path / "run").frozen_blocks == 0
+
+
+def test_fedavg_may_start_from_an_fsar_warm_start_without_the_personal_topologies(tmp_path):
+    """An fsar run's global model holds no unique topologies or topology weights (they
+    stay on the sites); fedavg shares them, and starts them where FSAR starts every site."""
+    _cached_model()  # written from fsar's shared part
+    settings = settings_from_args(parse("--strategy", "fedavg"), "fedavg", tmp_path / "run")
+    assert settings.frozen_blocks == 4 and settings.strategy == "fedavg"
 
 
 @pytest.mark.slow
