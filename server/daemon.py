@@ -33,6 +33,7 @@ from server.federation_config import FederationConfig
 from server.metrics import STATE_ENV
 from server.status import read_status, write_status
 from skeletons.atomic import write_json
+from skeletons.toml_text import toml_value
 from skeletons.processes import lock_state_folder, processes_marked, spawn, stop_pids, stop_process
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ def app_name(federation: str) -> str:
     return f"fedsar-{slug}"[:60]
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 def write_app(config: FederationConfig, resume: bool) -> Path:
     """The app bundle's ``pyproject.toml``: components and the whole run config.
 
@@ -88,7 +81,7 @@ def write_app(config: FederationConfig, resume: bool) -> Path:
         "[tool.flwr.app.components]", 'serverapp = "server.app:app"', 'clientapp = "client.app:app"', "",
         "[tool.flwr.app.config]",
     ]
-    lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(run.items())]
+    lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in sorted(run.items())]
     config.app_dir.mkdir(parents=True, exist_ok=True)
     path = config.app_dir / "pyproject.toml"
     path.write_text("\n".join(lines) + "\n")

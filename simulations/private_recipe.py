@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from skeletons.clikit import UserError
+from skeletons.toml_text import toml_value
 
 # Run-config keys of the recipe besides the warm start and the frozen depth (which
 # depends on the model: every block). The run's own model-overrides are laid over these.
@@ -157,14 +158,5 @@ def run(args: Any) -> int:
         raise UserError(str(err)) from None
     print("# the private recipe (fedsar-sim run --private-recipe); add dp-epsilon, dp-delta, dp-max-grad-norm")
     for key in ("initial-model", "frozen-blocks", *(k for k in RECIPE_KEYS)):
-        print(f"{key} = {_toml_value(config[key])}")
+        print(f"{key} = {toml_value(config[key])}")
     return 0
-
-
-def _toml_value(value: Any) -> str:
-    """One TOML value: booleans and numbers as they are, anything else as a quoted string."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))

@@ -24,7 +24,6 @@ Everything follows from ``seed`` and takes a second or two to write.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import shutil
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from skeletons.atomic import atomic_path
+from skeletons.toml_text import toml_value
 from skeletons.sample import SkeletonDataset
 from skeletons.standard_splits import NTU120_XSUB_TRAIN_SUBJECTS, NTU60_XSUB_TRAIN_SUBJECTS
 from skeletons.synthetic import generate_synthetic
@@ -348,26 +348,15 @@ def write_uestc(folder: Path, seed: int = 0, frames: int = 48) -> Standin:
 
 # --------------------------------------------------------------------------- paths file
 
-def _toml_value(value: Any) -> str:
-    """A TOML scalar or inline table (JSON strings are valid TOML basic strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))
-
-
 def paths_toml(standins: Iterable[Standin]) -> str:
     """The paths file text: one table per site with ``path``, ``format`` and ``options``."""
     lines = ["# Where each fsar-paper site's data set lives and in which format.",
              "# fedsar-sim run --scenario fsar-paper --paths THIS_FILE", ""]
     for s in standins:
-        lines += [f"[{s.site}]", f"path = {_toml_value(str(s.path.resolve()))}",
-                  f"format = {_toml_value(s.format)}"]
+        lines += [f"[{s.site}]", f"path = {toml_value(str(s.path.resolve()))}",
+                  f"format = {toml_value(s.format)}"]
         if s.options:
-            lines.append(f"options = {_toml_value(s.options)}")
+            lines.append(f"options = {toml_value(s.options)}")
         lines.append("")
     return "\n".join(lines)
 
