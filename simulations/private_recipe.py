@@ -95,11 +95,10 @@ def synthetic_model_tag() -> str:
     """A short digest of the synthetic scenario's model and layout: a cached warm start of
     another model is not reused."""
     from server.federation import model_config_for
+    from server.settings import RunSettings
     from skeletons.scenario import load_scenario
 
     scenario = load_scenario("synthetic")
-    from server.settings import RunSettings
-
     preset = str(scenario.defaults.get("model-preset") or RunSettings.model_preset)
     spec = {"layout": scenario.layout, "frames": scenario.num_frames, "persons": scenario.num_persons,
             "model": model_config_for(scenario, preset)}
@@ -122,10 +121,11 @@ def synthetic_warm_start(device: str = "auto", rounds: int | None = None) -> Pat
                "--device", device, "--out", str(staging)]
     if rounds:
         command += ["--rounds", str(rounds)]
+    # progress on stderr, so that stdout stays what the command prints (fedsar-sim private-recipe: TOML)
     print(f"private recipe: building the synthetic warm start once -> {final} "
-          f"(the default synthetic job; about 1.5 minutes on 2 CPU cores)", flush=True)
+          f"(the default synthetic job; about 1.5 minutes on 2 CPU cores)", file=sys.stderr, flush=True)
     try:
-        done = subprocess.run(command)
+        done = subprocess.run(command, stdout=_stderr_fd())
         if done.returncode != 0 or not (staging / "global.npz").is_file():
             raise UserError(f"private recipe: the synthetic warm start job failed (exit {done.returncode}); "
                             f"its output is above. Give --initial-model PATH to use another model.")
@@ -138,6 +138,15 @@ def synthetic_warm_start(device: str = "auto", rounds: int | None = None) -> Pat
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return model
+
+
+def _stderr_fd() -> int | None:
+    """This process's stderr as a file descriptor for a child's output (None, the child
+    then writes to our stdout, where stderr is no real file, e.g. in a notebook)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def add_arguments(parser: Any) -> None:

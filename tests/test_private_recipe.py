@@ -97,8 +97,10 @@ def test_fedavg_may_start_from_an_fsar_warm_start_without_the_personal_topologie
 
 
 @pytest.mark.slow
-def test_the_synthetic_warm_start_is_built_once_by_the_real_job():
+def test_the_synthetic_warm_start_is_built_once_by_the_real_job(capfd):
     built = synthetic_warm_start("cpu", rounds=1)
+    out, err = capfd.readouterr()
+    assert out == "" and "building the synthetic warm start" in err  # stdout stays the caller's
     assert built.is_file() and built.parent.name.startswith("synthetic-")
     stamp = built.stat().st_mtime_ns
     assert synthetic_warm_start("cpu", rounds=1) == built
