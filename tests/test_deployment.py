@@ -191,3 +191,46 @@ def test_killed_site_is_left_out_and_rejoins(federation):
     assert rounds[1]["sites_failed"] == rounds[1]["sites_asked"] - 2, rounds[1]
     assert any(r["sites_ok"] == 3 for r in rounds[2:]), rounds  # site-c is back
     assert "site-c" in status["last_round"]["train"] or rounds[2]["sites_ok"] == 3
+
+
+@pytest.mark.timeout(480)
+def test_the_private_recipe_runs_deployed_over_grpc(federation):
+    """The recipe's run-config keys in a coordinator's [run] (what ``fedsar-sim
+    private-recipe`` prints): a warm start next to federation.toml, every block frozen,
+    the statistics branch, group heads (the label-group query goes over the real
+    SuperLink), kept optimizer state and DP-SGD with the PRV accountant. Every site stays
+    in its budget, the frozen blocks leave as they came, and the three sites (one label
+    list) average their heads."""
+    from models.label_groups import is_group_key
+    from server.federation import initial_arrays, model_config_for
+    from server.settings import RunSettings
+    from skeletons.atomic import write_arrays
+    from skeletons.scenario import load_scenario
+    from strategies.registry import client_policy
+
+    recipe = {"frozen-blocks": 2, "model-overrides": '{"statistics": true}', "group-heads": True,
+              "keep-optimizer-state": True, "dp-accountant": "prv", "dp-epsilon": 8.0, "dp-delta": 1e-5,
+              "initial-model": "warm/global.npz", "learning-rate": 0.01}
+    fed = federation(sites=HONEST, rounds=2, min_sites=3, name="private", run=recipe)
+    scenario = load_scenario(fed.root / "scenario.toml")
+    settings = RunSettings.from_run_config({**scenario.defaults, "scenario": str(fed.root / "scenario.toml")})
+    warm = initial_arrays(scenario, settings, model_config_for(scenario, settings.model_preset, {"statistics": True}),
+                          client_policy("fsar", scenario.shared_label_set))
+    start = {k: v.numpy() + 0.01 for k, v in warm.items()}  # not what a fresh model would hold
+    write_arrays(fed.root / "warm" / "global.npz", start)
+    fed.start_coordinator()
+    for site in HONEST:
+        fed.start_site(site)
+    assert fed.wait_coordinator_exit(420) == 0, fed.coordinator_report()
+    status = fed.status()
+    assert status["state"] == "completed" and all(r["sites_ok"] == 3 for r in status["rounds"]), status["rounds"]
+    results = json.loads((fed.state / "run" / "results.json").read_text())
+    assert any(is_group_key(k) for k in results["uplink_parameters"]), "the sites shared their group's head"
+    for site, spent in results["privacy"]["sites"].items():
+        assert 0 < spent["epsilon"] <= 8.0 and spent["declined_rounds"] == 0, (site, spent)
+    model = read_arrays(fed.state / "run" / "global.npz")
+    frozen = [k for k in start if k.startswith("blocks.") and k.endswith("conv.weight")]
+    assert frozen
+    for key in frozen:  # the weighted average of equal values, up to float rounding
+        np.testing.assert_allclose(model[key], start[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert np.abs(model["statistics.proj.weight"]).sum() > 0, "the sites trained the shared projection"
