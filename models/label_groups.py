@@ -44,8 +44,9 @@ def group_of(key: str) -> str:
     return key[len(PREFIX):].split(".", 1)[0]
 
 
-def for_group(arrays: Mapping[str, V], tag: str) -> dict[str, V]:
-    """``arrays`` without the heads of groups other than ``tag``: what one site may see."""
+def for_group(arrays: Mapping[str, V], tag: str | None) -> dict[str, V]:
+    """``arrays`` without the heads of groups other than ``tag``: what one site may see
+    (``None``: a site of unknown group, which sees no group's head)."""
     return {k: v for k, v in arrays.items() if not is_group_key(k) or group_of(k) == tag}
 
 

@@ -80,13 +80,10 @@ def site_epsilons(history: Any) -> dict[str, dict[str, float]]:
             entry = sites.setdefault(site, {"epsilon": 0.0, "dp": 0.0, "declined_rounds": 0})
             entry["epsilon"] = float(metrics.get("privacy-epsilon", entry["epsilon"]))
             entry["dp"] = float(metrics.get("privacy-dp", entry["dp"]))
-        for reason in getattr(record, "dropped", []):
-            site, _, why = str(reason).partition(": ")
-            if why.startswith("declined"):
-                sites.setdefault(site, {"epsilon": 0.0, "dp": 1.0, "declined_rounds": 0})["declined_rounds"] += 1
         for site, metrics in getattr(record, "declined", {}).items():  # a declining site still reports its spend
-            if "privacy-epsilon" in metrics:
-                sites[site]["epsilon"] = float(metrics["privacy-epsilon"])
+            entry = sites.setdefault(site, {"epsilon": 0.0, "dp": 1.0, "declined_rounds": 0})
+            entry["epsilon"] = float(metrics.get("privacy-epsilon", entry["epsilon"]))
+            entry["declined_rounds"] += 1
     return sites
 
 

@@ -24,7 +24,7 @@ from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
 from skeletons.atomic import write_arrays, write_json
-from server.warm_start import check_frozen_loaded, warm_start
+from server.warm_start import check_frozen_loaded, log_warm_start, warm_start
 from skeletons.layouts import get_layout
 from skeletons.scenario import Scenario, resolve_scenario
 from strategies.baselines import LocalOnly
@@ -81,7 +81,7 @@ def initial_arrays(scenario: Scenario, settings: RunSettings, model_config: dict
 
 def starting_arrays(
     scenario: Scenario, settings: RunSettings, model_config: dict[str, Any], policy: str, initial_model: str
-) -> ArrayRecord:
+) -> tuple[ArrayRecord, list[str]]:
     """What round 1 sends when the run starts from ``initial_model``.
 
     Normally the warm-started shared parameters. ``local`` shares nothing, so that every
@@ -94,7 +94,7 @@ def starting_arrays(
         policy = "fedavg" if scenario.shared_label_set else "fedavg-local-heads"
     arrays, kept_fresh = warm_start(initial_arrays(scenario, settings, model_config, policy), initial_model)
     check_frozen_loaded(kept_fresh, settings.frozen_blocks, initial_model)
-    return arrays
+    return arrays, kept_fresh
 
 
 def summarize(scenario: Scenario, settings: RunSettings, history: list[RoundRecord]) -> dict[str, Any]:
@@ -219,7 +219,9 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     assert isinstance(strategy, ScreenedRounds)
     policy = strategy.client_config["policy"]  # the one split the sites are told to use
     if settings.extra.get("initial-model"):
-        arrays = starting_arrays(scenario, settings, model_config, policy, str(settings.extra["initial-model"]))
+        initial_model = str(settings.extra["initial-model"])
+        arrays, kept_fresh = starting_arrays(scenario, settings, model_config, policy, initial_model)
+        log_warm_start(initial_model, arrays, kept_fresh)
     else:
         arrays = initial_arrays(scenario, settings, model_config, policy)
     if isinstance(strategy, LocalOnly):  # sites get the start model, the global record stays empty

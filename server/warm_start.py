@@ -37,7 +37,8 @@ def initial_model_file(spec: str | Path) -> Path:
 
 def warm_start(fresh: ArrayRecord, spec: str | Path) -> tuple[ArrayRecord, list[str]]:
     """``fresh`` with every parameter the saved model has under the same name and shape
-    replaced by the saved value; returns the record and the names kept fresh."""
+    replaced by the saved value; returns the record and the names kept fresh
+    (:func:`log_warm_start` reports them)."""
     path = initial_model_file(spec)
     try:
         saved = read_arrays(path)
@@ -57,9 +58,13 @@ def warm_start(fresh: ArrayRecord, spec: str | Path) -> tuple[ArrayRecord, list[
             f"initial-model {path}: none of its {len(saved)} arrays matches a shared parameter of this model "
             f"by name and shape (another layout or network?)"
         )
-    log.info("initial model %s: %d of %d shared parameters loaded; kept fresh: %s",
-             path, len(fresh) - len(kept_fresh), len(fresh), ", ".join(kept_fresh) or "none")
     return ArrayRecord(out), kept_fresh
+
+
+def log_warm_start(spec: str | Path, arrays: ArrayRecord, kept_fresh: list[str]) -> None:
+    """Say what a run took from its initial model (the run's caller logs, a check does not)."""
+    log.info("initial model %s: %d of %d shared parameters loaded; kept fresh: %s",
+             initial_model_file(spec), len(arrays) - len(kept_fresh), len(arrays), ", ".join(kept_fresh) or "none")
 
 
 # Kinds FSAR keeps on the sites: a warm start from an fsar run cannot hold them, and their

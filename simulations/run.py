@@ -156,32 +156,20 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         from server.federation import with_run_anonymization
 
         with_run_anonymization(scenario, settings.extra.get("anonymize"))
-        if settings.extra.get("initial-model"):
-            from server.warm_start import initial_model_file
-
-            initial_model_file(str(settings.extra["initial-model"]))
-            if settings.frozen_blocks:  # a model that would leave frozen blocks random fails here, not in round 1
-                check_warm_start(scenario, settings, model)
+        if settings.extra.get("initial-model"):  # a file unfit for the run fails here, not in round 1
+            check_warm_start(scenario, settings, model)
     except ValueError as err:
         raise UserError(str(err)) from None
     return settings
 
 
 def check_warm_start(scenario: Scenario, settings: RunSettings, model: dict) -> None:
-    """Load the run's initial model as the server will, without its log line (the run
-    itself writes it), so that a file unfit for the run fails before the engine starts."""
-    import logging
-
+    """Load the run's initial model as the server will (missing, unreadable, matching
+    nothing, or leaving frozen blocks random: a WarmStartError)."""
     from server.federation import starting_arrays
 
     policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
-    warm_log = logging.getLogger("server.warm_start")
-    level = warm_log.level
-    warm_log.setLevel(logging.WARNING)
-    try:
-        starting_arrays(scenario, settings, model, policy, str(settings.extra["initial-model"]))
-    finally:
-        warm_log.setLevel(level)
+    starting_arrays(scenario, settings, model, policy, str(settings.extra["initial-model"]))
 
 
 def scenario_for_engine(args: argparse.Namespace, settings: RunSettings) -> Scenario:

@@ -66,16 +66,14 @@ class RoundRecord:
     received_keys: list[str] = field(default_factory=list)  # parameter names that left the sites
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
-    # the privacy metrics of sites that declined the round (their epsilon spent so far)
+    # the metrics of sites that declined the round (their epsilon spent so far among them)
     declined: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def privacy_metrics(msg: Message) -> dict[str, float]:
-    """The ``privacy-*`` metrics of a reply (what a declining site reports of its budget)."""
-    out: dict[str, float] = {}
-    for record in msg.content.metric_records.values():
-        out.update({k: float(v) for k, v in record.items() if k.startswith("privacy-") and isinstance(v, (int, float))})
-    return out
+def reply_metrics(msg: Message) -> dict[str, float]:
+    """The numeric metrics of a screened reply (which carries one MetricRecord)."""
+    metrics = next(iter(msg.content.metric_records.values()))
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def site_label(msg: Message) -> str:
@@ -223,7 +221,7 @@ class ScreenedRounds:
                 log.warning("round %d: dropped reply from %s", server_round, reason)
                 record.dropped.append(reason)
                 if problem.startswith("declined"):
-                    record.declined[site_label(msg)] = privacy_metrics(msg)
+                    record.declined[site_label(msg)] = reply_metrics(msg)
         return good
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -238,8 +236,7 @@ class ScreenedRounds:
             record.dropped.append(reason)
         record.sites_failed = len(replies) - len(good) + silent
         for msg in good:
-            metrics = next(iter(msg.content.metric_records.values()))
-            record.train[site_label(msg)] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            record.train[site_label(msg)] = reply_metrics(msg)
         # site work: local training plus the optional test of the freshly trained model
         seconds = [m.get("train-seconds", 0.0) + m.get("trained-eval-seconds", 0.0) for m in record.train.values()]
         record.compute_s = float(sum(seconds))
@@ -323,13 +320,12 @@ class ScreenedRounds:
             node = msg.metadata.dst_node_id
             arrays = msg.content.array_records.get(key)
             if arrays is not None:
-                tag = self._node_groups.get(node)
+                tag = self._node_groups.get(node)  # None: not heard from, so no group's head and no peers
                 content = RecordDict(dict(msg.content.items()))
-                content[key] = ArrayRecord(OrderedDict(
-                    for_group(arrays, tag) if tag is not None else ((k, v) for k, v in arrays.items() if not is_group_key(k))))
+                content[key] = ArrayRecord(OrderedDict(for_group(arrays, tag)))
                 if config_key in msg.content.config_records:
                     content[config_key] = ConfigRecord({**dict(msg.content.config_records[config_key].items()),
-                                                        PEERS_KEY: sizes[tag] - 1 if tag is not None else 0})
+                                                        PEERS_KEY: sizes.get(tag, 1) - 1})
                 msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
             out.append(msg)
         return out
@@ -346,8 +342,7 @@ class ScreenedRounds:
         good = self.screen(server_round, in_site_order(replies), need_arrays=False)
         record = self.record_for(server_round)
         for msg in good:
-            metrics = next(iter(msg.content.metric_records.values()))
-            record.evaluate[site_label(msg)] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            record.evaluate[site_label(msg)] = reply_metrics(msg)
         if not good:
             return None
         return super().aggregate_evaluate(server_round, good)  # type: ignore[misc]
