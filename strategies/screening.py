@@ -294,6 +294,7 @@ class ScreenedRounds:
                 continue
             self.learn_group(reply)
             answered += 1
+        log.info("label groups: %d of %d sites named theirs before round 1", answered, len(messages))
         return answered
 
     def group_sizes(self) -> dict[str, int]:

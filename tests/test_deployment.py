@@ -226,6 +226,10 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     assert status["state"] == "completed" and all(r["sites_ok"] == 3 for r in status["rounds"]), status["rounds"]
     results = json.loads((fed.state / "run" / "results.json").read_text())
     assert any(is_group_key(k) for k in results["uplink_parameters"]), "the sites shared their group's head"
+    # the query before round 1 was answered: round 1 already carried the heads (without it, a
+    # site of unknown group keeps its head at home until its first reply has named the group)
+    first, second = results["rounds"]
+    assert first["uplink_bytes"] == second["uplink_bytes"] > 0
     for site, spent in results["privacy"]["sites"].items():
         assert 0 < spent["epsilon"] <= 8.0 and spent["declined_rounds"] == 0, (site, spent)
     model = read_arrays(fed.state / "run" / "global.npz")
