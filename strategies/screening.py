@@ -142,6 +142,26 @@ def reply_problem(msg: Message, expected: ArrayRecord | None, need_arrays: bool,
     return None
 
 
+def keep_unanimous(averaged: ArrayRecord, replies: list[Message]) -> ArrayRecord:
+    """``averaged`` with every array that all ``replies`` sent bit for bit the same set to
+    that value: a weighted average of equal float32 values is that value, but computing it
+    rounds in the last bits. So parameters every site left untrained (``frozen-blocks``)
+    stay exactly as the warm start brought them, and a site can tell they did not change
+    (client.frozen_trunk reuses its cached rows)."""
+    records = [next(iter(msg.content.array_records.values()), None) for msg in replies]
+    if not records or any(r is None for r in records):
+        return averaged
+    out = OrderedDict()
+    for key, value in averaged.items():
+        sent = [r.get(key) for r in records]
+        first = sent[0]
+        same = first is not None and all(
+            a is not None and a.dtype == first.dtype and a.shape == first.shape and a.data == first.data
+            for a in sent[1:])
+        out[key] = first if same and first.shape == value.shape else value
+    return ArrayRecord(out)
+
+
 def average_group_heads(replies: list[Message], weight_key: str) -> dict[str, Array]:
     """Each label group's head keys averaged, with Flower's weighted average, over the
     replies that carry them (a reply carries its own group's keys only)."""
@@ -254,7 +274,8 @@ class ScreenedRounds:
 
     def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if not self.group_heads:
-            return super().aggregate_train(server_round, good)  # type: ignore[misc]
+            arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+            return (keep_unanimous(arrays, good) if arrays is not None else None), metrics
         heads = average_group_heads(good, self.weighted_by_key)  # type: ignore[attr-defined]
         for msg in good:  # the strategy averages the rest, which every site sends
             name, arrays = next(iter(msg.content.array_records.items()))
@@ -262,6 +283,7 @@ class ScreenedRounds:
         arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
         if arrays is None:
             return arrays, metrics
+        arrays = keep_unanimous(arrays, good)
         kept = {k: v for k, v in (self._expected or ArrayRecord()).items() if is_group_key(k) and k not in heads}
         merged = {**kept, **heads}  # a group none of whose sites trained this round keeps its head
         alone = {tag for tag, n in self.group_sizes().items() if n == 1}  # its head stays on its site

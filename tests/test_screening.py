@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from strategies.registry import StrategyOptions, build_strategy, client_policy
 from strategies.screening import arrays_nbytes, reply_problem
@@ -181,3 +182,22 @@ def test_the_average_does_not_depend_on_the_order_replies_arrive_in(name):
         results.append({k: v.numpy().tobytes() for k, v in arrays.items()})
         assert list(strategy.history[-1].train) == [f"site-{k}" for k in range(1, 7)]
     assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fsar"])
+def test_a_parameter_every_site_sent_unchanged_keeps_its_exact_value(name):
+    """A weighted average of equal float32 values rounds in the last bits; the parameters
+    no site trained (frozen blocks) must come back bit for bit, which the test's values and
+    weights are chosen to break under plain averaging."""
+    frozen = torch.tensor([0.1, 1 / 3, 2.7182817, -7.3e-5, 123.456, 1e-7], dtype=torch.float32).reshape(2, 3)
+    weights = (7, 13, 29)
+    replies = [reply(ArrayRecord(OrderedDict(w=frozen.clone(), b=torch.full((3,), float(k)))), n, k + 1)
+               for k, n in enumerate(weights)]
+    plain = aggregate_arrayrecords([r.content for r in replies], "num-examples")
+    assert plain["w"].numpy().tobytes() != frozen.numpy().tobytes()  # Flower's average alone rounds
+    strategy = build_strategy(name, StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=1, num_sites=3)
+    strategy._expected = reference()
+    strategy._round_started = time.perf_counter()
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays["w"].numpy().tobytes() == frozen.numpy().tobytes()
+    np.testing.assert_allclose(arrays["b"].numpy(), (0 * 7 + 1 * 13 + 2 * 29) / 49, rtol=1e-6)  # trained: averaged
