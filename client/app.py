@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.frozen_trunk import evaluate_site, head_only_inputs
 from client.global_mix import blend_towards_global, keep_own_shared, own_shared
 from client.metrics import record_exchange
 from client.optimizer_state import OptimizerKeeper, keeps_state, saved_state
@@ -113,11 +114,14 @@ def train(msg: Message, context: Context) -> Message:
     keep_state = keeps_state(config)
     keeper = OptimizerKeeper(make_optimizer, saved_state(context) if keep_state else None)
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
+        # with every block frozen the head trains on rows the backbone computes once
+        learner, learner_teacher, inputs, learner_shared = head_only_inputs(
+            model, teacher, recipe, data.x_train, global_shared if recipe.mu > 0 else None)
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
             metrics, privacy_metrics = train_site(
-                context, config, setup.spec.name, model, (data.x_train, data.y_train), recipe,
+                context, config, setup.spec.name, learner, (inputs, data.y_train), recipe,
                 train_fn=train_model, optimizer_fn=keeper,
-                teacher=teacher, global_shared=global_shared if recipe.mu > 0 else None,
+                teacher=learner_teacher, global_shared=learner_shared,
             )
         except BudgetExhausted as stop:
             if scale_fitted == "dp":  # paid for: keep it, or the next round would release it again
@@ -164,10 +168,8 @@ def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord) -> dic
     """
     if not bool(config.get("eval-trained", True)) or len(data.y_test) == 0:
         return {}
-    from client.trainer import evaluate as evaluate_model
-
     started = time.perf_counter()
-    result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
+    result = evaluate_site(model, data.x_test, data.y_test, config)
     return {
         "trained-accuracy": float(result["accuracy"]),
         "trained-loss": float(result["loss"]),
@@ -214,8 +216,6 @@ def query(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the site's personalized model (global shared + own personal) on its test split."""
-    from client.trainer import evaluate as evaluate_model
-
     config = msg.content["config"]
     setup = site_setup(context, config)
     data = site_data(setup)
@@ -226,7 +226,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     received = _unless_own_model(msg.content["arrays"], personal, str(config.get("policy", "fsar")))
     received, personal = with_group_head(received, personal, config, data.classes)
     load_parameters(model, received, personal)
-    result = evaluate_model(model, (data.x_test, data.y_test), device=str(config.get("device", "auto")))
+    result = evaluate_site(model, data.x_test, data.y_test, config)
     reply = RecordDict({
         "metrics": MetricRecord({
             "num-examples": int(len(data.y_test)),

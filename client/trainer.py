@@ -170,7 +170,8 @@ def make_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradSca
 # ------------------------------------------------------------------------------ data
 
 class ArrayBatches:
-    """Mini-batches over in-memory arrays; reshuffled on every pass when ``shuffle``."""
+    """Mini-batches over in-memory arrays (sequences, or the feature rows of
+    :mod:`client.frozen_trunk`); reshuffled on every pass when ``shuffle``."""
 
     def __init__(
         self, x: Any, y: Any, batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -178,8 +179,9 @@ class ArrayBatches:
     ) -> None:
         self.x = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x)
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64) if not torch.is_tensor(y) else y)
-        if self.x.dim() != 5 or self.x.shape[1] != 3:
-            raise ValueError(f"x must be [N, 3, T, V, M], got {list(self.x.shape)}")
+        if not (self.x.dim() == 5 and self.x.shape[1] == 3 or self.x.dim() == 2):
+            raise ValueError(f"x must be sequences [N, 3, T, V, M] or cached feature rows [N, D], "
+                             f"got {list(self.x.shape)}")
         if self.y.dim() != 1 or len(self.y) != len(self.x):
             raise ValueError(
                 f"y must be [N] labels matching x's {len(self.x)} samples, got {list(self.y.shape)}"

@@ -103,21 +103,19 @@ class FSARNet(nn.Module):
         (:meth:`input_statistics`): multi-grain distillation hands them in with the
         teacher's block features, so that the head sees what it sees in :meth:`forward`.
         Without them the head reads zeros in their place."""
-        return self._classify(self._pool_from(features, start_block), statistics)
+        return self._classify(self.pool_from(features, start_block), statistics)
 
     def input_statistics(self, x: torch.Tensor) -> torch.Tensor | None:
         """The statistics branch's standardized statistics of ``x`` (None without the branch)."""
         return self.statistics.statistics(x) if self.statistics is not None else None
 
     def _classify(self, pooled: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
-        """The head on the pooled graph features and, with a statistics branch, the
-        standardized statistics (zeros when unknown): ``[pooled + proj(z), z]``."""
-        if self.statistics is not None:
-            z = statistics if statistics is not None else pooled.new_zeros(pooled.shape[0], self.statistics.dim)
-            pooled = torch.cat([pooled + self.statistics.proj(z), z], dim=1)
-        return self.head(self.dropout(pooled))
+        return classify(pooled, statistics, self.statistics, self.dropout, self.head)
 
-    def _pool_from(self, features: torch.Tensor, start_block: int) -> torch.Tensor:
+    def pool_from(self, features: torch.Tensor, start_block: int) -> torch.Tensor:
+        """The pooled feature ``[N, feature_dim]`` the head reads, from features after
+        block ``start_block``: the blocks after it, then the mean over frames, joints
+        and persons."""
         self._check_block(start_block)
         h = features
         adjacency = self.graph.adjacency
@@ -132,15 +130,29 @@ class FSARNet(nn.Module):
         e.g. the part of a federation's backbone its sites shared."""
         if upto is not None and upto < self.num_blocks:
             return self.block_features(x, upto).mean(dim=(2, 3))
-        return self._pool_from(self.block_features(x, 0), 0)
+        return self.pool_from(self.block_features(x, 0), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self._pool_from(self.block_features(x, 0), 0)
+        pooled = self.pool_from(self.block_features(x, 0), 0)
         return self._classify(pooled, self.input_statistics(x))
 
     def _check_block(self, index: int) -> None:
         if not 0 <= index <= self.num_blocks:
             raise ValueError(f"block index {index} outside 0..{self.num_blocks}")
+
+
+def classify(
+    pooled: torch.Tensor, statistics: torch.Tensor | None, branch: StatisticsBranch | None,
+    dropout: nn.Module, head: nn.Module,
+) -> torch.Tensor:
+    """The head on the pooled graph features and, with a statistics ``branch``, the
+    standardized statistics (zeros when unknown): ``head([pooled + proj(z), z])``.
+    A function, so that training on cached pooled features (client.frozen_trunk) runs the
+    very same head."""
+    if branch is not None:
+        z = statistics if statistics is not None else pooled.new_zeros(pooled.shape[0], branch.dim)
+        pooled = torch.cat([pooled + branch.proj(z), z], dim=1)
+    return head(dropout(pooled))
 
 
 def _parents(layout: Layout) -> list[int]:

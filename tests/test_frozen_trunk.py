@@ -1,0 +1,142 @@
+"""Training the head on cached features when every block is frozen: the same updates as
+training on the sequences, the same DP-SGD accounting, and no cache where it would be
+wrong (a trainable block, augmentation)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from client.frozen_trunk import (
+    CachedHead, cached_rows, can_cache, compute_rows, evaluate_site, head_only_inputs, trains_head_only,
+)
+from client.trainer import TrainConfig, evaluate, make_optimizer, train
+from models.roles import freeze_blocks
+from privacy.dp import DPSettings, train_private
+from privacy.ledger import ContextStore, load
+from tests.test_statistics_branch import context, model_with_statistics, skeletons
+
+
+def frozen_pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A site model with every block frozen and a global teacher that differs from it
+    (its personal topology), as in a round after the first."""
+    model = model_with_statistics(seed=seed)
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in teacher.named_parameters():
+            if "blocks" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    freeze_blocks(model, model.num_blocks)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return model, teacher.eval()
+
+
+RECIPE = TrainConfig(epochs=2, batch_size=8, lr=0.01, optimizer="adamw", grains=[1], device="cpu",
+                     mixed_precision=False, mu=0.1, seed=3)
+
+
+def test_training_on_cached_rows_updates_the_head_as_training_on_the_sequences_does():
+    x, y = skeletons(24)
+    direct, teacher = frozen_pair()
+    cached = copy.deepcopy(direct)
+    head_before = direct.head.weight.detach().clone()
+    shared = {k: v.clone() for k, v in direct.state_dict().items() if not k.startswith("statistics.scale")}
+    shared = {k: v for k, v in shared.items() if k in dict(direct.named_parameters())}
+
+    out_direct = train(direct, (x, y), RECIPE, teacher=teacher, global_shared=shared,
+                       optimizer=make_optimizer(direct, RECIPE))
+    learner, learner_teacher, rows, learner_shared = head_only_inputs(cached, teacher, RECIPE, x, shared)
+    assert isinstance(learner, CachedHead) and rows.shape == (24, 8 + 8 + learner.rows.stats_dim)
+    assert sorted(learner_shared) == sorted(n for n, _ in learner.named_parameters())
+    out_cached = train(learner, (rows, y), RECIPE, teacher=learner_teacher, global_shared=learner_shared,
+                       optimizer=make_optimizer(learner, RECIPE))
+
+    assert out_cached["steps"] == out_direct["steps"] == 6
+    assert out_cached["loss"] == pytest.approx(out_direct["loss"], rel=1e-5)
+    for (name, a), (_, b) in zip(direct.state_dict().items(), cached.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    # the comparison is of trained heads, not of two untouched copies
+    assert (cached.head.weight - head_before).abs().max() > 1e-3
+
+
+def test_the_cache_is_used_only_when_nothing_below_the_head_trains_and_nothing_augments():
+    model, teacher = frozen_pair()
+    assert trains_head_only(model) and can_cache(model, RECIPE)
+    assert not can_cache(model, TrainConfig(rotate=15.0))  # every step would see a new copy
+    next(model.blocks[1].parameters()).requires_grad_(True)
+    assert not trains_head_only(model)
+    x, y = skeletons(8)
+    same = head_only_inputs(model, teacher, RECIPE, x, None)
+    assert same[0] is model and same[1] is teacher and same[2] is x
+    fresh = model_with_statistics()  # a model that trains its blocks
+    assert not can_cache(fresh, RECIPE)
+
+
+def test_dp_sgd_on_cached_rows_accounts_as_on_the_sequences(tmp_path):
+    x, y = skeletons(40)
+    model, teacher = frozen_pair()
+    recipe = TrainConfig(epochs=2, batch_size=10, lr=0.01, optimizer="adamw", grains=[1], device="cpu")
+    settings = DPSettings(epsilon=4.0, delta=1e-5, max_grad_norm=1.0)
+    before = copy.deepcopy(model.head.weight)
+    stores = {}
+    for tag, use_cache in (("rows", True), ("sequences", False)):
+        net = copy.deepcopy(model)
+        learner, t, inputs, _ = (head_only_inputs(net, teacher, recipe, x, None) if use_cache
+                                 else (net, teacher, x, None))
+        stores[tag] = ContextStore(context())
+        metrics, privacy = train_private(
+            learner, (inputs, y), recipe, settings, stores[tag], site="s", run="r", server_round=2,
+            planned_rounds=3, train_fn=train, optimizer_fn=make_optimizer, teacher=t)
+        assert metrics["privacy"]["steps"] == 2 * 4
+        if use_cache:
+            assert not torch.equal(net.head.weight, before)  # the network's own head trained
+            for a, b in zip(net.blocks.parameters(), model.blocks.parameters()):
+                assert torch.equal(a, b)
+    ledgers = {tag: load(store) for tag, store in stores.items()}
+    assert ledgers["rows"].history == ledgers["sequences"].history  # same noise, rate and steps
+    assert ledgers["rows"].epsilon() == pytest.approx(ledgers["sequences"].epsilon())
+    assert 0 < ledgers["rows"].epsilon() <= 4.0
+
+
+def test_rows_are_reused_while_the_sequences_and_frozen_weights_stay_and_rebuilt_when_they_change():
+    x, _ = skeletons(12)
+    model, teacher = frozen_pair()
+    device = torch.device("cpu")
+    first = cached_rows(model, x, teacher, (1,), device)
+    with torch.no_grad():  # what training changes, and the teacher's parts no row reads
+        model.head.weight.add_(1.0)
+        model.statistics.proj.weight.add_(1.0)
+        teacher.head.weight.add_(1.0)
+    assert cached_rows(model, x, teacher, (1,), device) is first
+    assert cached_rows(model, x, None, (), device).shape[1] < first.shape[1]  # no grain columns
+    for change in (lambda: next(model.blocks[1].parameters()).add_(0.5),
+                   lambda: next(teacher.blocks[0].parameters()).add_(0.5),
+                   lambda: model.statistics.scale_std.mul_(2.0),
+                   lambda: x.mul_(1.5)):
+        with torch.no_grad():
+            change()
+        again = cached_rows(model, x, teacher, (1,), device)
+        assert again is not first and not torch.allclose(again, first)
+        torch.testing.assert_close(again, compute_rows(model, x, teacher, (1,), device))
+        first = again
+
+
+def test_a_site_evaluates_on_rows_when_every_block_is_frozen_with_the_same_result():
+    x, y = skeletons(20)
+    model, _ = frozen_pair()
+    with torch.no_grad():
+        model.head.weight.normal_()
+        model.statistics.proj.weight.normal_()
+    direct = evaluate(model, (x, y), device="cpu")
+    on_rows = evaluate_site(model, x, y, {"frozen-blocks": model.num_blocks, "device": "cpu"})
+    assert on_rows["num_examples"] == 20
+    assert on_rows["accuracy"] == direct["accuracy"]
+    assert on_rows["loss"] == pytest.approx(direct["loss"], rel=1e-5)
+    with torch.no_grad():  # a new head on the same backbone: the rows are reused, the result is the head's
+        model.head.weight.normal_()
+    torch.testing.assert_close(
+        torch.tensor(evaluate_site(model, x, y, {"frozen-blocks": model.num_blocks, "device": "cpu"})["loss"]),
+        torch.tensor(evaluate(model, (x, y), device="cpu")["loss"]))
