@@ -60,6 +60,20 @@ def _loss_fn(mkd: bool, grains: list[int]) -> Callable[..., torch.Tensor]:
     return lambda model, x, y, teacher: training_loss(model, x, y, recipe, teacher)[0]
 
 
+def _on_rows(model: torch.nn.Module, teacher: torch.nn.Module | None, x: torch.Tensor,
+             grains: list[int]) -> tuple[torch.nn.Module, torch.nn.Module | None, torch.Tensor]:
+    """The head, teacher and rows a site trains on when every block is frozen
+    (client.frozen_trunk); the rows are built here, once, outside the timed steps."""
+    from client.frozen_trunk import can_cache, head_only_inputs
+    from client.trainer import TrainConfig
+
+    recipe = TrainConfig(grains=grains, device="cpu", mixed_precision=False)
+    if not can_cache(model, recipe):
+        raise SystemExit("--cached-rows needs --frozen-blocks to cover every block of the model")
+    head, head_teacher, rows, _ = head_only_inputs(model, teacher, recipe, x, None)
+    return head, head_teacher, rows
+
+
 def make_step(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, mkd: bool) -> tuple[dict[str, Any], Callable[[], None] | None]:
     """A row describing ``mode`` and a function doing one training step (None if refused)."""
     from opacus import PrivacyEngine
@@ -70,6 +84,8 @@ def make_step(mode: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Ten
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    if args.cached_rows:
+        model, teacher, x = _on_rows(model, teacher, x, args.grain_list if mkd else [])
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     loss_fn = _loss_fn(mkd, args.grain_list)
     row: dict[str, Any] = {"mode": mode, "mkd": mkd, "params": sum(p.numel() for p in model.parameters()),
@@ -138,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grains", default="1,2", help="MKD grains (blocks), e.g. 1")
     parser.add_argument("--frozen-blocks", type=int, default=0,
                         help="leave the input stage and blocks 1..K untrained, as a warm-started site does")
+    parser.add_argument("--cached-rows", action="store_true",
+                        help="with every block frozen, time steps on the cached rows a site trains on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="write the results as JSON here")
 
@@ -165,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
             r["vs_plain"] = r["seconds"] / base[r["mkd"]]
     trained = next((r["trained_params"] for r in rows if "trained_params" in r), 0)
     print(f"model {args.preset} {args.overrides or ''} batch {args.batch_size} x {args.frames} frames, "
-          f"{trained} parameters trained (frozen blocks {args.frozen_blocks}), "
+          f"{trained} parameters trained (frozen blocks {args.frozen_blocks}"
+          f"{', on cached rows' if args.cached_rows else ''}), "
           f"{args.threads} thread(s), median of {args.steps} steps")
     print(f"| loss | mode | s/step | x plain |\n|---|---|---:|---:|")
     for r in rows:
@@ -173,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"| {loss} | {r['mode']} | failed: {r['error']} | |")
         else:
-            print(f"| {loss} | {r['mode']} | {r['seconds']:.3f} | {r.get('vs_plain', float('nan')):.2f} |")
+            print(f"| {loss} | {r['mode']} | {r['seconds']:.4f} | {r.get('vs_plain', float('nan')):.2f} |")
     if args.out:
         from skeletons.atomic import write_json
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from models.roles import parameter_kind
 from privacy import dp_bench
 
@@ -28,3 +30,15 @@ def test_the_benchmark_times_plain_and_private_steps(tmp_path: Path):
     assert [(r["mode"], r["mkd"]) for r in rows] == [("plain", False), ("hooks", False), ("plain", True), ("hooks", True)]
     assert all(r["seconds"] > 0 and r["trained_params"] < r["params"] for r in rows)
     assert all(r["vs_plain"] == 1.0 for r in rows if r["mode"] == "plain")
+
+
+def test_on_cached_rows_the_benchmark_trains_the_head_alone_and_refuses_a_trainable_block(tmp_path: Path):
+    out = tmp_path / "rows.json"
+    args = ["--model-overrides", SMALL, "--frames", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1",
+            "--modes", "plain,hooks,ghost", "--mkd", "--grains", "1", "--cached-rows"]
+    assert dp_bench.main(args + ["--frozen-blocks", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["plain", "hooks", "ghost", "plain", "hooks"]
+    assert all("error" not in r and r["params"] == r["trained_params"] for r in rows)  # no backbone inside
+    with pytest.raises(SystemExit, match="--frozen-blocks"):
+        dp_bench.main(args + ["--frozen-blocks", "3"])
