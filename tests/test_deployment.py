@@ -199,7 +199,7 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     private-recipe`` prints): a warm start next to federation.toml, every block frozen,
     the statistics branch, group heads (the label-group query goes over the real
     SuperLink), kept optimizer state and DP-SGD with the PRV accountant. Every site stays
-    in its budget, the frozen blocks leave as they came, and the three sites (one label
+    in its budget, the frozen blocks leave bit for bit as they came, and the three sites (one label
     list) average their heads."""
     from models.label_groups import is_group_key
     from server.federation import initial_arrays, model_config_for
@@ -233,8 +233,8 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     for site, spent in results["privacy"]["sites"].items():
         assert 0 < spent["epsilon"] <= 8.0 and spent["declined_rounds"] == 0, (site, spent)
     model = read_arrays(fed.state / "run" / "global.npz")
-    frozen = [k for k in start if k.startswith("blocks.") and k.endswith("conv.weight")]
-    assert frozen
-    for key in frozen:  # the weighted average of equal values, up to float rounding
-        np.testing.assert_allclose(model[key], start[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    frozen = [k for k in start if k.startswith("blocks.") and k in model]
+    assert len(frozen) > 10
+    for key in frozen:  # what every site sent unchanged comes back exactly, not re-averaged
+        np.testing.assert_array_equal(model[key], start[key], err_msg=key)
     assert np.abs(model["statistics.proj.weight"]).sum() > 0, "the sites trained the shared projection"
