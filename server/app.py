@@ -7,13 +7,18 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
 from server.settings import RunSettings
+from skeletons.clikit import configure_logging
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the federation described by the run config."""
+    """Run the federation described by the run config. In a deployed ServerApp process
+    nothing else configures logging, and Python's fallback shows warnings only: the
+    round-by-round INFO lines (warm start, label groups, rounds) would be lost from the
+    log the coordinator keeps."""
+    configure_logging()
     run_federation(grid, RunSettings.from_run_config(context.run_config))
 
 

@@ -19,6 +19,17 @@ Commands = dict[str, tuple[str, str]]  # name -> (module, one-line help)
 OWN_PACKAGES = ("skeletons", "models", "strategies", "client", "server", "privacy", "simulations")
 
 
+def configure_logging(verbose: bool = False) -> None:
+    """fedsar's own INFO lines on stderr; libraries stay at WARNING unless ``verbose``.
+    Does nothing to a root logger that already has handlers (basicConfig's rule)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for package in OWN_PACKAGES:
+        logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def dispatch(prog: str, description: str, commands: Commands, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` for ``prog``, run the chosen sub-command and return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -39,12 +50,7 @@ def dispatch(prog: str, description: str, commands: Commands, argv: Sequence[str
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for package in OWN_PACKAGES:  # our INFO lines; libraries stay at WARNING unless -v
-        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(args.verbose)
     try:
         return int(module.run(args) or 0)
     except UserError as err:

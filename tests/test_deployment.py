@@ -230,6 +230,8 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     # site of unknown group keeps its head at home until its first reply has named the group)
     first, second = results["rounds"]
     assert first["uplink_bytes"] == second["uplink_bytes"] > 0
+    serverapp_log = (fed.state / "logs" / "serverapp.log").read_text()  # the ServerApp's INFO lines too
+    assert "label groups: 3 of 3 sites named theirs before round 1" in serverapp_log, serverapp_log[-2000:]
     for site, spent in results["privacy"]["sites"].items():
         assert 0 < spent["epsilon"] <= 8.0 and spent["declined_rounds"] == 0, (site, spent)
     model = read_arrays(fed.state / "run" / "global.npz")
