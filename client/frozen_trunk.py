@@ -59,6 +59,12 @@ class Rows:
     stats_dim: int
     grains: tuple[int, ...] = ()
 
+    @classmethod
+    def of(cls, network: FSARNet, grains: tuple[int, ...] = ()) -> "Rows":
+        """The rows of ``network``: its pooled feature, its statistics (if it has the branch)."""
+        stats_dim = network.statistics.dim if network.statistics is not None else 0
+        return cls(network.feature_dim, stats_dim, grains)
+
     @property
     def width(self) -> int:
         return self.feature_dim * (1 + len(self.grains)) + self.stats_dim
@@ -193,19 +199,15 @@ def head_only_inputs(
     given. The wrappers train the network's own parameters in place."""
     if not can_cache(network, recipe):
         return network, teacher, x, global_shared
-    from client.trainer import resolve_device
+    from client.trainer import check_grains, resolve_device
 
     grains = tuple(recipe.grains) if teacher is not None else ()
-    if grains:
-        bad = [g for g in grains if not 1 <= g <= network.num_blocks]
-        if bad:
-            raise ValueError(f"TrainConfig.grains {bad} outside the model's blocks 1..{network.num_blocks}")
+    check_grains(network, grains)  # before the rows, which would fail less clearly
     device = resolve_device(recipe.device)
     network.to(device)
     if teacher is not None:
         teacher.to(device)
-    stats_dim = network.statistics.dim if network.statistics is not None else 0
-    rows = Rows(network.feature_dim, stats_dim, grains)
+    rows = Rows.of(network, grains)
     data = cached_rows(network, x, teacher, grains, device)
     head = CachedHead(network, rows)
     names = {name for name, _ in head.named_parameters()}
@@ -225,6 +227,5 @@ def evaluate_site(network: nn.Module, x: Any, y: Any, config: Mapping[str, Any])
     if not frozen or len(y) == 0:
         return evaluate(network, (x, y), device=device)
     network.to(resolve_device(device))
-    stats_dim = network.statistics.dim if network.statistics is not None else 0
     rows = cached_rows(network, x, None, (), resolve_device(device))
-    return evaluate(CachedHead(network, Rows(network.feature_dim, stats_dim)), (rows, y), device=device)
+    return evaluate(CachedHead(network, Rows.of(network)), (rows, y), device=device)

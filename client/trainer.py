@@ -381,7 +381,8 @@ def _prepare_teacher(teacher: nn.Module, device: torch.device) -> nn.Module:
     return teacher
 
 
-def _check_grains(model: nn.Module, grains: Sequence[int]) -> None:
+def check_grains(model: nn.Module, grains: Sequence[int]) -> None:
+    """Refuse distillation grains that are not blocks of ``model``, naming them."""
     n = unwrap(model).num_blocks
     bad = [g for g in grains if not 1 <= g <= n]
     if bad:
@@ -415,7 +416,7 @@ def train(
     model.train()
     batches = as_batches(data, config.batch_size, shuffle=True, seed=config.seed)
     if teacher is not None and config.grains:
-        _check_grains(model, config.grains)
+        check_grains(model, config.grains)
         teacher = _prepare_teacher(teacher, device)
     optimizer = optimizer or make_optimizer(model, config)
     private = _is_private(optimizer)

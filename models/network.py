@@ -103,14 +103,11 @@ class FSARNet(nn.Module):
         (:meth:`input_statistics`): multi-grain distillation hands them in with the
         teacher's block features, so that the head sees what it sees in :meth:`forward`.
         Without them the head reads zeros in their place."""
-        return self._classify(self.pool_from(features, start_block), statistics)
+        return classify(self.pool_from(features, start_block), statistics, self.statistics, self.dropout, self.head)
 
     def input_statistics(self, x: torch.Tensor) -> torch.Tensor | None:
         """The statistics branch's standardized statistics of ``x`` (None without the branch)."""
         return self.statistics.statistics(x) if self.statistics is not None else None
-
-    def _classify(self, pooled: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
-        return classify(pooled, statistics, self.statistics, self.dropout, self.head)
 
     def pool_from(self, features: torch.Tensor, start_block: int) -> torch.Tensor:
         """The pooled feature ``[N, feature_dim]`` the head reads, from features after
@@ -134,7 +131,7 @@ class FSARNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool_from(self.block_features(x, 0), 0)
-        return self._classify(pooled, self.input_statistics(x))
+        return classify(pooled, self.input_statistics(x), self.statistics, self.dropout, self.head)
 
     def _check_block(self, index: int) -> None:
         if not 0 <= index <= self.num_blocks:

@@ -152,23 +152,23 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         for site in scenario.sites:
             check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")
         # client_policy refuses share-head / personal-norms where they mean nothing
-        client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
+        policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head,
+                               settings.personal_norms)
         from server.federation import with_run_anonymization
 
         with_run_anonymization(scenario, settings.extra.get("anonymize"))
         if settings.extra.get("initial-model"):  # a file unfit for the run fails here, not in round 1
-            check_warm_start(scenario, settings, model)
+            check_warm_start(scenario, settings, model, policy)
     except ValueError as err:
         raise UserError(str(err)) from None
     return settings
 
 
-def check_warm_start(scenario: Scenario, settings: RunSettings, model: dict) -> None:
+def check_warm_start(scenario: Scenario, settings: RunSettings, model: dict, policy: str) -> None:
     """Load the run's initial model as the server will (missing, unreadable, matching
     nothing, or leaving frozen blocks random: a WarmStartError)."""
     from server.federation import starting_arrays
 
-    policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head, settings.personal_norms)
     starting_arrays(scenario, settings, model, policy, str(settings.extra["initial-model"]))
 
 

@@ -153,12 +153,10 @@ def keep_unanimous(averaged: ArrayRecord, replies: list[Message]) -> ArrayRecord
         return averaged
     out = OrderedDict()
     for key, value in averaged.items():
-        sent = [r.get(key) for r in records]
-        first = sent[0]
+        first, *rest = (r.get(key) for r in records)
         same = first is not None and all(
-            a is not None and a.dtype == first.dtype and a.shape == first.shape and a.data == first.data
-            for a in sent[1:])
-        out[key] = first if same and first.shape == value.shape else value
+            a is not None and (a.dtype, a.shape, a.data) == (first.dtype, first.shape, first.data) for a in rest)
+        out[key] = first if same else value
     return ArrayRecord(out)
 
 
@@ -272,18 +270,21 @@ class ScreenedRounds:
     def sends_arrays(self) -> bool:
         return True
 
+    def average(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The Flower strategy's weighted average of ``good``, with unanimous arrays exact."""
+        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        return (keep_unanimous(arrays, good) if arrays is not None else None), metrics
+
     def aggregate_good(self, server_round: int, good: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if not self.group_heads:
-            arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
-            return (keep_unanimous(arrays, good) if arrays is not None else None), metrics
+            return self.average(server_round, good)
         heads = average_group_heads(good, self.weighted_by_key)  # type: ignore[attr-defined]
         for msg in good:  # the strategy averages the rest, which every site sends
             name, arrays = next(iter(msg.content.array_records.items()))
             msg.content[name] = ArrayRecord(OrderedDict((k, v) for k, v in arrays.items() if not is_group_key(k)))
-        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        arrays, metrics = self.average(server_round, good)
         if arrays is None:
             return arrays, metrics
-        arrays = keep_unanimous(arrays, good)
         kept = {k: v for k, v in (self._expected or ArrayRecord()).items() if is_group_key(k) and k not in heads}
         merged = {**kept, **heads}  # a group none of whose sites trained this round keeps its head
         alone = {tag for tag, n in self.group_sizes().items() if n == 1}  # its head stays on its site
