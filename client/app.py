@@ -116,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
         # with every block frozen the head trains on rows the backbone computes once
         learner, learner_teacher, inputs, learner_shared = head_only_inputs(
-            model, teacher, recipe, data.x_train, global_shared if recipe.mu > 0 else None)
+            model, teacher, recipe, data.x_train, global_shared if recipe.mu > 0 else None, pool_seed=setup.seed)
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
             metrics, privacy_metrics = train_site(
                 context, config, setup.spec.name, learner, (inputs, data.y_train), recipe,

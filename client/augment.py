@@ -115,3 +115,11 @@ def augment(x: torch.Tensor, aug: Augmentation, gen: torch.Generator) -> torch.T
         mats = spatial_matrices(x.shape[0], aug, gen).to(device=x.device, dtype=x.dtype)
         x = torch.einsum("nij,njtvm->nitvm", mats, x)
     return x
+
+
+def pick_views(views: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One view per sample, drawn uniformly, from ``[N, P, ...]`` precomputed augmented
+    views (the augmentation pool of :mod:`client.frozen_trunk`) -> ``[N, ...]``."""
+    n, count = views.shape[:2]
+    pick = torch.randint(count, (n,), generator=gen).to(views.device)
+    return views[torch.arange(n, device=views.device), pick]

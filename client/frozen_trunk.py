@@ -14,6 +14,12 @@ The trained parameters are the network's own (the wrappers hold the same modules
 the same names), each step computes the same loss on the same samples, and DP-SGD
 samples, clips and accounts exactly as on the sequences: only the repeated frozen
 computation is gone.
+
+A site that augments its sequences may cache too when its recipe asks for a pool of
+views (``augment-pool`` = P): each sequence is augmented P times once, with a seed that
+stays the same across rounds, and each step then draws one cached view per sample
+instead of a fresh transform. Each view depends only on its own sequence, so DP-SGD's
+per-sample guarantee is unchanged; what changes is that the augmentations repeat.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from client.augment import Augmentation, augment
 from models.network import FSARNet, classify
 
 log = logging.getLogger(__name__)
@@ -45,9 +52,26 @@ def trains_head_only(network: nn.Module) -> bool:
 def can_cache(network: nn.Module, recipe: Any) -> bool:
     """Whether a round may train on cached features: an FSARNet that trains only its head
     (and statistics projection) on sequences that are not augmented (an augmented copy
-    differs at every step)."""
+    differs at every step) or that draw their augmentations from a pool of views."""
+    augments = recipe.augmentation.active or recipe.augment_multiplicity > 1
     return (isinstance(network, FSARNet) and trains_head_only(network)
-            and not recipe.augmentation.active and recipe.augment_multiplicity == 1)
+            and (not augments or recipe.augment_pool > 0))
+
+
+@dataclass(frozen=True)
+class ViewPool:
+    """``count`` augmented views of every sequence, drawn once from ``seed`` (the site's
+    run seed, so that later rounds find the same views in the cache)."""
+
+    augmentation: Augmentation
+    count: int
+    seed: int
+
+    def views(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The views one at a time (only one augmented copy of the data is held at once)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.count):
+            yield augment(x, self.augmentation, gen)
 
 
 @dataclass(frozen=True)
@@ -129,11 +153,12 @@ class CachedTeacher(nn.Module):
 
 
 def rows_key(network: FSARNet, x: torch.Tensor, teacher: FSARNet | None, grains: tuple[int, ...],
-             device: torch.device) -> str:
+             device: torch.device, pool: ViewPool | None = None) -> str:
     """A digest of everything the rows depend on: the sequences, every parameter and
     buffer of the site's network and of the teacher except the head's and the statistics
-    projection's parameters (which no row passes through), the grains and the device."""
-    digest = hashlib.sha256(repr((grains, str(device), tuple(x.shape), str(x.dtype))).encode())
+    projection's parameters (which no row passes through), the grains, the device and
+    the pool of views."""
+    digest = hashlib.sha256(repr((grains, str(device), tuple(x.shape), str(x.dtype), pool)).encode())
     digest.update(x.detach().cpu().contiguous().numpy().tobytes())
     models = [("site", network)] + ([("teacher", teacher)] if teacher is not None and grains else [])
     for tag, model in models:
@@ -152,13 +177,17 @@ RECENT_ROWS_BYTES = 256 * 2**20  # a site's rows take 1-2 MB; the oldest go firs
 
 
 def cached_rows(network: FSARNet, x: Any, teacher: FSARNet | None, grains: tuple[int, ...],
-                device: torch.device) -> torch.Tensor:
-    """:func:`compute_rows`, reused while the sequences and the frozen weights are the same."""
+                device: torch.device, pool: ViewPool | None = None) -> torch.Tensor:
+    """:func:`compute_rows`, reused while the sequences and the frozen weights are the
+    same: ``[N, D]``, or ``[N, P, D]`` for a pool of P views of each sequence."""
     x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not torch.is_tensor(x) else x
-    key = rows_key(network, x, teacher, grains, device)
+    key = rows_key(network, x, teacher, grains, device, pool)
     rows = _RECENT_ROWS.get(key)
     if rows is None:
-        rows = compute_rows(network, x, teacher, grains, device)
+        if pool is None:
+            rows = compute_rows(network, x, teacher, grains, device)
+        else:
+            rows = torch.stack([compute_rows(network, view, teacher, grains, device) for view in pool.views(x)], 1)
         _RECENT_ROWS[key] = rows
         while len(_RECENT_ROWS) > 1 and sum(r.nbytes for r in _RECENT_ROWS.values()) > RECENT_ROWS_BYTES:
             _RECENT_ROWS.popitem(last=False)
@@ -192,11 +221,12 @@ def compute_rows(network: FSARNet, x: torch.Tensor, teacher: FSARNet | None, gra
 
 def head_only_inputs(
     network: nn.Module, teacher: nn.Module | None, recipe: Any, x: Any,
-    global_shared: Mapping[str, Any] | None,
+    global_shared: Mapping[str, Any] | None, pool_seed: int = 0,
 ) -> tuple[nn.Module, nn.Module | None, Any, Mapping[str, Any] | None]:
     """(model, teacher, training inputs, global shared values) for a round's training:
     the cached wrappers and rows when :func:`can_cache` allows, else the arguments as
-    given. The wrappers train the network's own parameters in place."""
+    given. The wrappers train the network's own parameters in place. ``pool_seed`` draws
+    an augmenting site's pool of views (keep it the same across rounds)."""
     if not can_cache(network, recipe):
         return network, teacher, x, global_shared
     from client.trainer import check_grains, resolve_device
@@ -208,11 +238,14 @@ def head_only_inputs(
     if teacher is not None:
         teacher.to(device)
     rows = Rows.of(network, grains)
-    data = cached_rows(network, x, teacher, grains, device)
+    augments = recipe.augmentation.active or recipe.augment_multiplicity > 1
+    pool = ViewPool(recipe.augmentation, recipe.augment_pool, pool_seed) if augments else None
+    data = cached_rows(network, x, teacher, grains, device, pool)
     head = CachedHead(network, rows)
     names = {name for name, _ in head.named_parameters()}
     shared = {k: v for k, v in global_shared.items() if k in names} if global_shared else global_shared
-    log.info("frozen backbone: the head trains on %d cached rows of %d values", len(data), rows.width)
+    log.info("frozen backbone: the head trains on %d cached rows of %d values%s", len(data), rows.width,
+             f", {pool.count} augmented views each" if pool else "")
     return head, CachedTeacher(rows) if grains else None, data, shared
 
 

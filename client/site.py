@@ -105,6 +105,7 @@ def round_train_config(config: Mapping[str, Any], seed: int, site_recipe: Mappin
         rotate_axes=str(augment("augment-axes", "xyz")),
         scale=float(augment("augment-scale", 0.0)),
         augment_multiplicity=int(augment("augment-multiplicity", 1)),
+        augment_pool=int(augment("augment-pool", 0)),
         grains=grains if mkd else [],
         lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,
         lambda_kd=float(config.get("lambda_kd", 0.0)) if mkd else 0.0,

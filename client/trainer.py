@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.augment import Augmentation, augment
+from client.augment import Augmentation, augment, pick_views
 from models.roles import parameter_kind
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class TrainConfig:
     augmented on its own; under DP-SGD each sample's K per-copy gradients are averaged
     before clipping, so the copies cost no privacy and the averaged gradient varies less
     (augmentation multiplicity). Without DP it is a K times larger batch of copies.
+    ``augment_pool = P > 0`` lets a site whose every block is frozen draw each copy from
+    P augmented views per sequence that :mod:`client.frozen_trunk` computes once, instead
+    of transforming afresh at every step (the trainer then sees rows ``[N, P, D]``).
     ``swa_epochs > 0`` turns on stochastic weight averaging: the schedule anneals to
     ``swa_lr_factor`` times the base rate, holds it for the last ``swa_epochs`` epochs
     and the model ends as the average of the weights after each of them (an ensemble of
@@ -70,6 +73,7 @@ class TrainConfig:
     temporal_crop: float = 0.0
     rotate_axes: str = "xyz"
     augment_multiplicity: int = 1
+    augment_pool: int = 0
     label_smoothing: float = 0.0
     grains: list[int] = field(default_factory=list)
     lambda_mg: float = 1.0
@@ -113,6 +117,8 @@ class TrainConfig:
             )
         if self.augment_multiplicity < 1:
             raise ValueError(f"TrainConfig.augment_multiplicity must be >= 1, got {self.augment_multiplicity}")
+        if self.augment_pool < 0:
+            raise ValueError(f"TrainConfig.augment_pool must be >= 0, got {self.augment_pool}")
 
     @property
     def augmentation(self) -> Augmentation:
@@ -171,7 +177,8 @@ def make_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradSca
 
 class ArrayBatches:
     """Mini-batches over in-memory arrays (sequences, or the feature rows of
-    :mod:`client.frozen_trunk`); reshuffled on every pass when ``shuffle``."""
+    :mod:`client.frozen_trunk`, ``[N, D]`` or a pool of views ``[N, P, D]``);
+    reshuffled on every pass when ``shuffle``."""
 
     def __init__(
         self, x: Any, y: Any, batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -179,9 +186,9 @@ class ArrayBatches:
     ) -> None:
         self.x = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x)
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64) if not torch.is_tensor(y) else y)
-        if not (self.x.dim() == 5 and self.x.shape[1] == 3 or self.x.dim() == 2):
-            raise ValueError(f"x must be sequences [N, 3, T, V, M] or cached feature rows [N, D], "
-                             f"got {list(self.x.shape)}")
+        if not (self.x.dim() == 5 and self.x.shape[1] == 3 or self.x.dim() in (2, 3)):
+            raise ValueError(f"x must be sequences [N, 3, T, V, M] or cached feature rows [N, D] or "
+                             f"[N, views, D], got {list(self.x.shape)}")
         if self.y.dim() != 1 or len(self.y) != len(self.x):
             raise ValueError(
                 f"y must be [N] labels matching x's {len(self.x)} samples, got {list(self.y.shape)}"
@@ -446,7 +453,8 @@ def train(
             count = len(y)
             if copies > 1:
                 x, y = x.repeat_interleave(copies, 0), y.repeat_interleave(copies, 0)
-            x = augment(x, aug, gen)
+            # a pool of cached views [B, P, D]: each copy takes one of its sample's views
+            x = pick_views(x, gen) if x.dim() == 3 else augment(x, aug, gen)
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device, config.mixed_precision):
                 loss, logits, _ = training_loss(model, x, y, config, teacher)

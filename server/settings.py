@@ -27,6 +27,7 @@ class RunSettings:
     augment_axes: str = "xyz"  # axes of that rotation (y is vertical)
     augment_scale: float = 0.0  # largest random rescaling per axis, a fraction
     augment_multiplicity: int = 1  # augmented copies of each sample per step (averaged before DP clipping)
+    augment_pool: int = 0  # k > 0: with every block frozen, k augmented views per sequence, computed once
     eval_every: int = 1
     eval_trained: bool = True  # sites also score their model right after local training
     seed: int = 0
@@ -76,7 +77,8 @@ class RunSettings:
 
         return check_site_recipe({"augment-rotate": self.augment_rotate, "augment-axes": self.augment_axes,
                                   "augment-scale": self.augment_scale,
-                                  "augment-multiplicity": self.augment_multiplicity}, "run config")
+                                  "augment-multiplicity": self.augment_multiplicity,
+                                  "augment-pool": self.augment_pool}, "run config")
 
     def to_run_config(self) -> dict[str, Any]:
         out = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # config's input_range); a site's value wins.
 SITE_RECIPE_KEYS: dict[str, type] = {
     "augment-rotate": float, "augment-axes": str, "augment-scale": float, "augment-multiplicity": int,
-    "input-range": bool,
+    "augment-pool": int, "input-range": bool,
 }
 
 REAL_DATASETS = {"nw-ucla", "msr-action3d", "kinder-gator", "ntu", "pyskl", "ctrgcn-npz", "pku-mmd", "uestc"}
@@ -112,6 +112,9 @@ def check_site_recipe(recipe: Any, where: str) -> dict[str, Any]:
         raise ScenarioError(f"{where}: augment-scale = {recipe['augment-scale']!r}: a fraction in [0, 1)")
     if recipe.get("augment-multiplicity", 1) < 1:
         raise ScenarioError(f"{where}: augment-multiplicity = {recipe['augment-multiplicity']!r}: copies per sample, >= 1")
+    if recipe.get("augment-pool", 0) < 0:
+        raise ScenarioError(f"{where}: augment-pool = {recipe['augment-pool']!r}: augmented views per sequence, "
+                            ">= 0 (0: a fresh transform at every step)")
     axes = recipe.get("augment-axes", "xyz")
     if not axes or set(axes) - set("xyz"):
         raise ScenarioError(f"{where}: augment-axes = {axes!r}: letters of 'xyz'")

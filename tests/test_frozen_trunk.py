@@ -1,6 +1,6 @@
 """Training the head on cached features when every block is frozen: the same updates as
 training on the sequences, the same DP-SGD accounting, and no cache where it would be
-wrong (a trainable block, augmentation)."""
+wrong (a trainable block, augmentation without a pool of views)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import copy
 import pytest
 import torch
 
+from dataclasses import replace
+
+from client.augment import Augmentation, augment, pick_views
 from client.frozen_trunk import (
-    CachedHead, cached_rows, can_cache, compute_rows, evaluate_site, head_only_inputs, trains_head_only,
+    CachedHead, ViewPool, cached_rows, can_cache, compute_rows, evaluate_site, head_only_inputs, trains_head_only,
 )
 from client.trainer import TrainConfig, evaluate, make_optimizer, train
 from models.roles import freeze_blocks
@@ -140,3 +143,60 @@ def test_a_site_evaluates_on_rows_when_every_block_is_frozen_with_the_same_resul
     torch.testing.assert_close(
         torch.tensor(evaluate_site(model, x, y, {"frozen-blocks": model.num_blocks, "device": "cpu"})["loss"]),
         torch.tensor(evaluate(model, (x, y), device="cpu")["loss"]))
+
+
+POOLED = replace(RECIPE, rotate=20.0, scale=0.1, augment_pool=3)
+
+
+def test_an_augmenting_site_caches_a_pool_of_views_drawn_once_per_sequence():
+    x, y = skeletons(10)
+    model, teacher = frozen_pair()
+    assert can_cache(model, POOLED) and not can_cache(model, replace(POOLED, augment_pool=0))
+    learner, learner_teacher, rows, _ = head_only_inputs(model, teacher, POOLED, x, None, pool_seed=7)
+    assert rows.shape == (10, 3, learner.rows.width)
+    # view k is the rows of the k-th augmented copy drawn from the site's seed
+    gen = torch.Generator().manual_seed(7)
+    for k in range(3):
+        expected = compute_rows(model, augment(x, POOLED.augmentation, gen), teacher, (1,), torch.device("cpu"))
+        torch.testing.assert_close(rows[:, k], expected)
+    assert not torch.allclose(rows[:, 0], rows[:, 1])  # the views differ
+    # a later round (same seed, same frozen weights) finds the same pool; another seed does not
+    assert head_only_inputs(model, teacher, POOLED, x, None, pool_seed=7)[2] is rows
+    assert not torch.equal(head_only_inputs(model, teacher, POOLED, x, None, pool_seed=8)[2], rows)
+
+
+def test_each_step_draws_one_cached_view_per_sample():
+    views = torch.arange(6 * 4, dtype=torch.float32).view(6, 4, 1).expand(6, 4, 5)
+    picked = pick_views(views, torch.Generator().manual_seed(0))
+    assert picked.shape == (6, 5)
+    index = picked[:, 0].long()
+    assert torch.equal(index // 4, torch.arange(6))  # each row is a view of its own sample
+    draws = torch.stack([pick_views(views, g)[:, 0] for g in [torch.Generator().manual_seed(s) for s in range(20)]])
+    assert len(set(draws.flatten().long().remainder(4).tolist())) == 4  # every view gets drawn
+
+
+def test_dp_sgd_trains_on_a_pool_of_views_under_the_sites_budget():
+    x, y = skeletons(30)
+    model, teacher = frozen_pair()
+    recipe = replace(POOLED, epochs=2, batch_size=10, augment_multiplicity=2)
+    learner, t, inputs, _ = head_only_inputs(model, teacher, recipe, x, None, pool_seed=1)
+    assert inputs.dim() == 3
+    before = model.head.weight.detach().clone()
+    settings = DPSettings(epsilon=4.0, delta=1e-5, max_grad_norm=1.0)
+    metrics, privacy = train_private(
+        learner, (inputs, y), recipe, settings, ContextStore(context()), site="s", run="r", server_round=2,
+        planned_rounds=3, train_fn=train, optimizer_fn=make_optimizer, teacher=t)
+    assert metrics["privacy"]["steps"] == 2 * 3 and 0 < privacy["privacy-epsilon"] <= 4.0
+    assert not torch.equal(model.head.weight, before)
+
+
+def test_the_pool_is_a_checked_setting():
+    from server.settings import RunSettings
+    from skeletons.scenario import ScenarioError, check_site_recipe
+
+    with pytest.raises(ValueError, match="augment_pool"):
+        TrainConfig(augment_pool=-1)
+    with pytest.raises(ScenarioError, match="augment-pool = -2"):
+        check_site_recipe({"augment-pool": -2}, "site a: recipe")
+    assert RunSettings.from_run_config({"augment-pool": 16}).augmentation()["augment-pool"] == 16
+    assert ViewPool(Augmentation(rotate=10.0), 2, 0) != ViewPool(Augmentation(rotate=10.0), 2, 1)

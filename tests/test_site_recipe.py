@@ -86,6 +86,8 @@ def test_a_bad_run_wide_augmentation_fails_before_any_round(tmp_path):
         settings_from_args(parse("--set", "augment-rotate=-5"), "fsar", tmp_path)
     with pytest.raises(UserError, match="run config: augment-axes = 'up'"):
         settings_from_args(parse("--set", "augment-axes=up"), "fsar", tmp_path)
+    with pytest.raises(UserError, match="run config: augment-pool = -1"):
+        settings_from_args(parse("--set", "augment-pool=-1"), "fsar", tmp_path)
     settings = settings_from_args(parse("--set", "augment-rotate=20", "--set", "augment-axes=y"), "fsar", tmp_path)
     assert settings.augmentation() == {"augment-rotate": 20.0, "augment-axes": "y", "augment-scale": 0.0,
-                                       "augment-multiplicity": 1}
+                                       "augment-multiplicity": 1, "augment-pool": 0}
