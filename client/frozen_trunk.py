@@ -53,9 +53,13 @@ def can_cache(network: nn.Module, recipe: Any) -> bool:
     """Whether a round may train on cached features: an FSARNet that trains only its head
     (and statistics projection) on sequences that are not augmented (an augmented copy
     differs at every step) or that draw their augmentations from a pool of views."""
-    augments = recipe.augmentation.active or recipe.augment_multiplicity > 1
     return (isinstance(network, FSARNet) and trains_head_only(network)
-            and (not augments or recipe.augment_pool > 0))
+            and (not augments(recipe) or recipe.augment_pool > 0))
+
+
+def augments(recipe: Any) -> bool:
+    """Whether a recipe (``client.trainer.TrainConfig``) transforms its sequences."""
+    return recipe.augmentation.active or recipe.augment_multiplicity > 1
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ def rows_key(network: FSARNet, x: torch.Tensor, teacher: FSARNet | None, grains:
 # The last rows computed in this process: with every block frozen the backbone is the same
 # every round, so a simulated site (or a daemon) computes its rows once, not per round.
 _RECENT_ROWS: OrderedDict[str, torch.Tensor] = OrderedDict()
-RECENT_ROWS_BYTES = 256 * 2**20  # a site's rows take 1-2 MB; the oldest go first
+RECENT_ROWS_BYTES = 256 * 2**20  # a site's rows take 1-2 MB (a pool P times that); the oldest go first
 
 
 def cached_rows(network: FSARNet, x: Any, teacher: FSARNet | None, grains: tuple[int, ...],
@@ -238,8 +242,7 @@ def head_only_inputs(
     if teacher is not None:
         teacher.to(device)
     rows = Rows.of(network, grains)
-    augments = recipe.augmentation.active or recipe.augment_multiplicity > 1
-    pool = ViewPool(recipe.augmentation, recipe.augment_pool, pool_seed) if augments else None
+    pool = ViewPool(recipe.augmentation, recipe.augment_pool, pool_seed) if augments(recipe) else None
     data = cached_rows(network, x, teacher, grains, device, pool)
     head = CachedHead(network, rows)
     names = {name for name, _ in head.named_parameters()}
