@@ -12,6 +12,7 @@ import copy
 import logging
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -30,6 +31,7 @@ from client.site import (
     personal_from_state,
     raw_site_data,
     round_train_config,
+    rows_store,
     site_data,
     site_setup,
     split_parameters,
@@ -116,7 +118,8 @@ def train(msg: Message, context: Context) -> Message:
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
         # with every block frozen the head trains on rows the backbone computes once
         learner, learner_teacher, inputs, learner_shared = head_only_inputs(
-            model, teacher, recipe, data.x_train, global_shared if recipe.mu > 0 else None, pool_seed=setup.seed)
+            model, teacher, recipe, data.x_train, global_shared if recipe.mu > 0 else None,
+            pool_seed=setup.seed, store=rows_store(setup))
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
             metrics, privacy_metrics = train_site(
                 context, config, setup.spec.name, learner, (inputs, data.y_train), recipe,
@@ -133,7 +136,7 @@ def train(msg: Message, context: Context) -> Message:
 
         record_privacy_spent(setup.spec.name, privacy_metrics["privacy-epsilon"])
     seconds = time.perf_counter() - started
-    trained = _evaluate_trained(model, data, config)
+    trained = _evaluate_trained(model, data, config, rows_store(setup))
 
     shared, personal = split_parameters(model, policy, shared_blocks)
     keep_personal(context, personal)
@@ -158,7 +161,7 @@ def train(msg: Message, context: Context) -> Message:
     return answer
 
 
-def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord) -> dict[str, float]:
+def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord, store: Path | None) -> dict[str, float]:
     """Test-split accuracy of the model the site holds right after its local training.
 
     This is the site's personalized model before the coordinator averages anything: the
@@ -169,7 +172,7 @@ def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord) -> dic
     if not bool(config.get("eval-trained", True)) or len(data.y_test) == 0:
         return {}
     started = time.perf_counter()
-    result = evaluate_site(model, data.x_test, data.y_test, config)
+    result = evaluate_site(model, data.x_test, data.y_test, config, store)
     return {
         "trained-accuracy": float(result["accuracy"]),
         "trained-loss": float(result["loss"]),
@@ -226,7 +229,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     received = _unless_own_model(msg.content["arrays"], personal, str(config.get("policy", "fsar")))
     received, personal = with_group_head(received, personal, config, data.classes)
     load_parameters(model, received, personal)
-    result = evaluate_site(model, data.x_test, data.y_test, config)
+    result = evaluate_site(model, data.x_test, data.y_test, config, rows_store(setup))
     reply = RecordDict({
         "metrics": MetricRecord({
             "num-examples": int(len(data.y_test)),

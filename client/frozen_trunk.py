@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -181,22 +183,67 @@ RECENT_ROWS_BYTES = 256 * 2**20  # a site's rows take 1-2 MB (a pool P times tha
 
 
 def cached_rows(network: FSARNet, x: Any, teacher: FSARNet | None, grains: tuple[int, ...],
-                device: torch.device, pool: ViewPool | None = None) -> torch.Tensor:
+                device: torch.device, pool: ViewPool | None = None, store: Path | None = None) -> torch.Tensor:
     """:func:`compute_rows`, reused while the sequences and the frozen weights are the
-    same: ``[N, D]``, or ``[N, P, D]`` for a pool of P views of each sequence."""
+    same: ``[N, D]``, or ``[N, P, D]`` for a pool of P views of each sequence. ``store``
+    (a deployed site's folder) keeps them on disk too, for a site whose every message
+    runs in a new process."""
     x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not torch.is_tensor(x) else x
     key = rows_key(network, x, teacher, grains, device, pool)
     rows = _RECENT_ROWS.get(key)
+    if rows is None and store is not None:
+        rows = _read_stored(store, key)
     if rows is None:
         if pool is None:
             rows = compute_rows(network, x, teacher, grains, device)
         else:
             rows = torch.stack([compute_rows(network, view, teacher, grains, device) for view in pool.views(x)], 1)
+        if store is not None:
+            _write_stored(store, key, rows)
+    if key not in _RECENT_ROWS:
         _RECENT_ROWS[key] = rows
         while len(_RECENT_ROWS) > 1 and sum(r.nbytes for r in _RECENT_ROWS.values()) > RECENT_ROWS_BYTES:
             _RECENT_ROWS.popitem(last=False)
     _RECENT_ROWS.move_to_end(key)
     return rows
+
+
+STORED_ROWS_BYTES = 1024 * 2**20  # on a site's disk; the least recently used files go first
+
+
+def _stored_path(store: Path, key: str) -> Path:
+    return store / f"rows-{key[:40]}.npz"
+
+
+def _read_stored(store: Path, key: str) -> torch.Tensor | None:
+    """Rows a process before this one stored under ``key``, or None (a file that cannot be
+    read is computed again and replaced)."""
+    from skeletons.atomic import read_arrays
+
+    path = _stored_path(store, key)
+    if not path.is_file():
+        return None
+    try:
+        rows = torch.from_numpy(read_arrays(path)["rows"])
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("cached rows %s unreadable (%s): computing them again", path, err)
+        return None
+    os.utime(path)  # recently used: kept the longest
+    return rows
+
+
+def _write_stored(store: Path, key: str, rows: torch.Tensor) -> None:
+    """Store rows atomically, readable by the site's user only (they are computed from its
+    sequences), then drop the least recently used files over :data:`STORED_ROWS_BYTES`."""
+    from skeletons.atomic import write_arrays
+
+    write_arrays(_stored_path(store, key), {"rows": rows.numpy()}, mode=0o600)
+    files = sorted(store.glob("rows-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
+    total = 0
+    for f in files:
+        total += f.stat().st_size
+        if total > STORED_ROWS_BYTES and f != files[0]:
+            f.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -225,12 +272,13 @@ def compute_rows(network: FSARNet, x: torch.Tensor, teacher: FSARNet | None, gra
 
 def head_only_inputs(
     network: nn.Module, teacher: nn.Module | None, recipe: Any, x: Any,
-    global_shared: Mapping[str, Any] | None, pool_seed: int = 0,
+    global_shared: Mapping[str, Any] | None, pool_seed: int = 0, store: Path | None = None,
 ) -> tuple[nn.Module, nn.Module | None, Any, Mapping[str, Any] | None]:
     """(model, teacher, training inputs, global shared values) for a round's training:
     the cached wrappers and rows when :func:`can_cache` allows, else the arguments as
     given. The wrappers train the network's own parameters in place. ``pool_seed`` draws
-    an augmenting site's pool of views (keep it the same across rounds)."""
+    an augmenting site's pool of views (keep it the same across rounds); ``store`` is
+    where rows also go on disk (:func:`cached_rows`)."""
     if not can_cache(network, recipe):
         return network, teacher, x, global_shared
     from client.trainer import check_grains, resolve_device
@@ -243,7 +291,7 @@ def head_only_inputs(
         teacher.to(device)
     rows = Rows.of(network, grains)
     pool = ViewPool(recipe.augmentation, recipe.augment_pool, pool_seed) if augments(recipe) else None
-    data = cached_rows(network, x, teacher, grains, device, pool)
+    data = cached_rows(network, x, teacher, grains, device, pool, store)
     head = CachedHead(network, rows)
     names = {name for name, _ in head.named_parameters()}
     shared = {k: v for k, v in global_shared.items() if k in names} if global_shared else global_shared
@@ -252,10 +300,12 @@ def head_only_inputs(
     return head, CachedTeacher(rows) if grains else None, data, shared
 
 
-def evaluate_site(network: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) -> dict[str, float]:
+def evaluate_site(network: nn.Module, x: Any, y: Any, config: Mapping[str, Any],
+                  store: Path | None = None) -> dict[str, float]:
     """The trainer's ``evaluate`` on a site's test split; when the run freezes every
     block (``frozen-blocks``), on the split's rows, which the backbone then computes once
-    for the whole run (the head's logits are the same either way)."""
+    for the whole run (the head's logits are the same either way; ``store`` as for
+    :func:`cached_rows`)."""
     from client.trainer import evaluate, resolve_device
 
     device = str(config.get("device", "auto"))
@@ -263,5 +313,5 @@ def evaluate_site(network: nn.Module, x: Any, y: Any, config: Mapping[str, Any])
     if not frozen or len(y) == 0:
         return evaluate(network, (x, y), device=device)
     network.to(resolve_device(device))
-    rows = cached_rows(network, x, None, (), resolve_device(device))
+    rows = cached_rows(network, x, None, (), resolve_device(device), store=store)
     return evaluate(CachedHead(network, Rows.of(network)), (rows, y), device=device)

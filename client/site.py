@@ -69,6 +69,13 @@ def site_setup(context: Context, config: ConfigRecord) -> SiteSetup:
     )
 
 
+def rows_store(setup: SiteSetup) -> Path | None:
+    """Where a deployed site keeps the feature rows of its frozen backbone
+    (:mod:`client.frozen_trunk`) between messages, each of which runs in a new process;
+    None in simulation, where a site's process keeps them in memory."""
+    return setup.state_dir / "rows" if setup.state_dir is not None else None
+
+
 def raw_site_data(setup: SiteSetup) -> SiteArrays:
     """The site's arrays as loaded (memoized), before any anonymization: enough to know its
     label list without fitting an anonymizer."""

@@ -200,3 +200,27 @@ def test_the_pool_is_a_checked_setting():
         check_site_recipe({"augment-pool": -2}, "site a: recipe")
     assert RunSettings.from_run_config({"augment-pool": 16}).augmentation()["augment-pool"] == 16
     assert ViewPool(Augmentation(rotate=10.0), 2, 0) != ViewPool(Augmentation(rotate=10.0), 2, 1)
+
+
+def test_a_site_that_starts_a_new_process_per_message_finds_its_rows_on_disk(tmp_path, monkeypatch):
+    import client.frozen_trunk as trunk
+
+    x, _ = skeletons(12)
+    model, teacher = frozen_pair()
+    store = tmp_path / "rows"
+    trunk._RECENT_ROWS.clear()  # rows an earlier test computed in memory
+    first = cached_rows(model, x, teacher, (1,), torch.device("cpu"), store=store)
+    files = list(store.glob("rows-*.npz"))
+    assert len(files) == 1 and files[0].stat().st_mode & 0o077 == 0  # the site's user only
+    trunk._RECENT_ROWS.clear()  # a new process: nothing in memory
+    monkeypatch.setattr(trunk, "compute_rows", lambda *a, **k: pytest.fail("recomputed rows stored on disk"))
+    again = cached_rows(model, x, teacher, (1,), torch.device("cpu"), store=store)
+    assert torch.equal(again, first)
+    monkeypatch.undo()
+    files[0].write_bytes(b"not an npz")  # an unreadable file is computed again and replaced
+    trunk._RECENT_ROWS.clear()
+    assert torch.equal(cached_rows(model, x, teacher, (1,), torch.device("cpu"), store=store), first)
+    assert torch.equal(torch.from_numpy(__import__("numpy").load(files[0])["rows"]), first)
+    monkeypatch.setattr(trunk, "STORED_ROWS_BYTES", 1)  # over the bound: only the newest file stays
+    cached_rows(model, x[:6], teacher, (1,), torch.device("cpu"), store=store)
+    assert len(list(store.glob("rows-*.npz"))) == 1 and not files[0].exists()
