@@ -240,3 +240,6 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     for key in frozen:  # what every site sent unchanged comes back exactly, not re-averaged
         np.testing.assert_array_equal(model[key], start[key], err_msg=key)
     assert np.abs(model["statistics.proj.weight"]).sum() > 0, "the sites trained the shared projection"
+    for site in HONEST:  # every message ran in a new process: the rows it reuses wait on the site's disk
+        stored = list((fed.site_state(site) / "rows").glob("rows-*.npz"))
+        assert stored and all(f.stat().st_mode & 0o077 == 0 for f in stored), (site, stored)
