@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,7 @@ def _read_stored(store: Path, key: str) -> torch.Tensor | None:
         return None
     try:
         rows = torch.from_numpy(read_arrays(path)["rows"])
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         log.warning("cached rows %s unreadable (%s): computing them again", path, err)
         return None
     os.utime(path)  # recently used: kept the longest

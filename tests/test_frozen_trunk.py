@@ -5,11 +5,11 @@ wrong (a trainable block, augmentation without a pool of views)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
-
-from dataclasses import replace
 
 from client.augment import Augmentation, augment, pick_views
 from client.frozen_trunk import (
@@ -217,10 +217,10 @@ def test_a_site_that_starts_a_new_process_per_message_finds_its_rows_on_disk(tmp
     again = cached_rows(model, x, teacher, (1,), torch.device("cpu"), store=store)
     assert torch.equal(again, first)
     monkeypatch.undo()
-    files[0].write_bytes(b"not an npz")  # an unreadable file is computed again and replaced
+    files[0].write_bytes(b"PK\x03\x04 cut short")  # an unreadable file is computed again and replaced
     trunk._RECENT_ROWS.clear()
     assert torch.equal(cached_rows(model, x, teacher, (1,), torch.device("cpu"), store=store), first)
-    assert torch.equal(torch.from_numpy(__import__("numpy").load(files[0])["rows"]), first)
+    assert torch.equal(torch.from_numpy(np.load(files[0])["rows"]), first)
     monkeypatch.setattr(trunk, "STORED_ROWS_BYTES", 1)  # over the bound: only the newest file stays
     cached_rows(model, x[:6], teacher, (1,), torch.device("cpu"), store=store)
     assert len(list(store.glob("rows-*.npz"))) == 1 and not files[0].exists()
