@@ -161,7 +161,8 @@ def train(msg: Message, context: Context) -> Message:
     return answer
 
 
-def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord, store: Path | None) -> dict[str, float]:
+def _evaluate_trained(model: torch.nn.Module, data, config: ConfigRecord,
+                      store: Path | None = None) -> dict[str, float]:
     """Test-split accuracy of the model the site holds right after its local training.
 
     This is the site's personalized model before the coordinator averages anything: the
