@@ -115,11 +115,12 @@ def train(msg: Message, context: Context) -> Message:
 
     keep_state = keeps_state(config)
     keeper = OptimizerKeeper(make_optimizer, saved_state(context) if keep_state else None)
+    store = rows_store(setup)
     with shared_only(model, policy, shared_blocks) if personal_epochs > 0 else nullcontext():
         # with every block frozen the head trains on rows the backbone computes once
         learner, learner_teacher, inputs, learner_shared = head_only_inputs(
             model, teacher, recipe, data.x_train, global_shared if recipe.mu > 0 else None,
-            pool_seed=setup.seed, store=rows_store(setup))
+            pool_seed=setup.seed, store=store)
         try:  # DP-SGD under the site's budget when its settings or the run config ask for it
             metrics, privacy_metrics = train_site(
                 context, config, setup.spec.name, learner, (inputs, data.y_train), recipe,
@@ -136,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
 
         record_privacy_spent(setup.spec.name, privacy_metrics["privacy-epsilon"])
     seconds = time.perf_counter() - started
-    trained = _evaluate_trained(model, data, config, rows_store(setup))
+    trained = _evaluate_trained(model, data, config, store)
 
     shared, personal = split_parameters(model, policy, shared_blocks)
     keep_personal(context, personal)

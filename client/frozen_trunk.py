@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,18 +218,14 @@ def _stored_path(store: Path, key: str) -> Path:
 def _read_stored(store: Path, key: str) -> torch.Tensor | None:
     """Rows a process before this one stored under ``key``, or None (a file that cannot be
     read is computed again and replaced)."""
-    from skeletons.atomic import read_arrays
+    from skeletons.atomic import read_cached_arrays
 
     path = _stored_path(store, key)
-    if not path.is_file():
-        return None
-    try:
-        rows = torch.from_numpy(read_arrays(path)["rows"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        log.warning("cached rows %s unreadable (%s): computing them again", path, err)
+    stored = read_cached_arrays(path)
+    if stored is None or "rows" not in stored:
         return None
     os.utime(path)  # recently used: kept the longest
-    return rows
+    return torch.from_numpy(stored["rows"])
 
 
 def _write_stored(store: Path, key: str, rows: torch.Tensor) -> None:
@@ -238,12 +233,13 @@ def _write_stored(store: Path, key: str, rows: torch.Tensor) -> None:
     sequences), then drop the least recently used files over :data:`STORED_ROWS_BYTES`."""
     from skeletons.atomic import write_arrays
 
-    write_arrays(_stored_path(store, key), {"rows": rows.numpy()}, mode=0o600)
-    files = sorted(store.glob("rows-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
+    written = _stored_path(store, key)
+    write_arrays(written, {"rows": rows.numpy()}, mode=0o600)
+    sizes = {f: f.stat() for f in store.glob("rows-*.npz")}
     total = 0
-    for f in files:
-        total += f.stat().st_size
-        if total > STORED_ROWS_BYTES and f != files[0]:
+    for f in sorted(sizes, key=lambda f: sizes[f].st_mtime, reverse=True):
+        total += sizes[f].st_size
+        if total > STORED_ROWS_BYTES and f != written:
             f.unlink(missing_ok=True)
 
 

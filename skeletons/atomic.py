@@ -6,13 +6,17 @@ Checkpoints, privacy ledgers, personal parameters and results all go through her
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -58,6 +62,19 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Load arrays written by :func:`write_arrays`; object arrays are refused."""
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def read_cached_arrays(path: str | Path) -> dict[str, np.ndarray] | None:
+    """A cache file's arrays, or None when it is absent or unreadable (a file cut short,
+    not an npz): the caller rebuilds it, so it is a warning, not an error."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return read_arrays(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("cache entry %s is unreadable (%s); rebuilding it", path, err)
+        return None
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,13 +17,13 @@ import json
 import logging
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from skeletons.atomic import read_cached_arrays
 from skeletons.datasets import load_dataset
 from skeletons.layouts import Layout, get_layout
 from skeletons.preprocess import PreprocessConfig, to_arrays
@@ -104,18 +104,6 @@ def _write_atomic(path: Path, prefix: str, arrays: dict[str, np.ndarray]) -> Non
             old.unlink(missing_ok=True)
 
 
-def _read(path: Path) -> dict[str, np.ndarray] | None:
-    """The entry's arrays, or None when it is absent or unreadable (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        log.warning("cache entry %s is unreadable (%s); rebuilding it", path, err)
-        return None
-
-
 def _json(value: Any) -> np.ndarray:
     return np.array(json.dumps(value, default=_plain))
 
@@ -128,7 +116,7 @@ def cached_dataset(name: str, root: str | Path, *, directory: str | Path | None 
     root = Path(root)
     path, prefix = _entry_path("raw", name, root, {"options": options},
                                Path(directory) if directory else None)
-    arrays = None if refresh else _read(path)
+    arrays = None if refresh else read_cached_arrays(path)
     if arrays is not None:
         try:
             return _dataset_from_arrays(arrays)
@@ -210,7 +198,7 @@ def prepare(name: str, root: str | Path | None, config: PreprocessConfig | None 
     path, prefix = _entry_path("arrays", name, root,
                                {"options": options, "config": config.to_dict()},
                                Path(directory) if directory else None)
-    arrays = None if refresh else _read(path)
+    arrays = None if refresh else read_cached_arrays(path)
     if arrays is not None:
         try:
             return Prepared(
