@@ -88,9 +88,16 @@ def train(msg: Message, context: Context) -> Message:
     from client.trainer import make_optimizer
     from privacy.dp import BudgetExhausted, dp_requested, fit_statistics_scale, train_site
 
-    try:  # the statistics branch's scale, once per site (under DP a release the ledger counts)
+    scale_fitted = None
+    try:  # the statistics branch's scale and (head-start) the head, once per site; under DP releases the ledger counts
         scale_fitted = fit_statistics_scale(context, config, setup.spec.name, model, data.x_train)
+        if scale_fitted is not None and str(config.get("head-start", "random")) == "class-means":
+            from privacy.class_means import start_head_from_class_means
+
+            start_head_from_class_means(context, config, setup.spec.name, model, data.x_train, data.y_train)
     except BudgetExhausted as stop:
+        if scale_fitted == "dp":  # paid for: keep it, or the next round would release it again
+            _keep_released_scale(context, config, model, policy, int(config.get("shared-blocks", 0)))
         return _declined(msg, context, received, setup.spec.name, stop)
 
     recipe = round_train_config(config, seed=setup.seed + server_round, site_recipe=setup.spec.recipe)

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from models.roles import check_frozen_blocks, check_global_mix, check_shared_blocks
+from privacy.class_means import check_head_start_model
 from server.checkpoint import DeploymentHooks
 from server.loop import run_rounds
 from server.settings import RunSettings
@@ -201,6 +202,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
     check_frozen_blocks(settings.frozen_blocks, len(model_config["channels"]))
     check_global_mix(settings.global_mix, settings.personal_epochs)
+    check_head_start_model(settings.head_start, model_config)
     if settings.frozen_blocks and not settings.extra.get("initial-model"):
         log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
                     "in those blocks", settings.frozen_blocks)
@@ -251,6 +253,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         "federation": str(settings.extra.get("federation", "")),
         "eval-trained": settings.eval_trained,
         "group-heads": settings.group_heads,
+        "head-start": settings.head_start,
     })
     out = Path(settings.out_dir) if settings.out_dir else None
     from privacy.coordinator import coordinator_privacy  # site DP keys, central DP, secure aggregation

@@ -49,6 +49,7 @@ class RunSettings:
     global_mix: float = 1.0  # sites start a round at own + mix * (global - own) of the shared part
     shared_blocks: int = 0  # 0: every block may be shared; k: blocks after k stay on the sites
     frozen_blocks: int = 0  # k: sites do not train the input stage and blocks 1..k (a warm start's features)
+    head_start: str = "random"  # or "class-means": sites start their head from their class means (privacy.class_means)
     fraction_train: float = 1.0
     min_sites: int = 0  # 0: every site of the scenario
     timeout_s: float = 3600.0

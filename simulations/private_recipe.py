@@ -4,8 +4,9 @@ Under sample-level DP-SGD a site's noise grows with the parameters it trains and
 signal with the sequences it holds, and the sites here hold a few hundred. The recipe
 (measured in BENCHMARKS.md, "Utility under privacy") starts every site from a backbone
 trained on the built-in synthetic data, freezes every graph block, and trains only the
-statistics branch and the head, with the optimizer state kept across rounds and one head
-per label group. Every key is an ordinary run-config key: options given on the command
+statistics branch and the head, with the optimizer state kept across rounds, one head
+per label group, and every head started from the site's class means (one more Gaussian
+release, :mod:`privacy.class_means`). Every key is an ordinary run-config key: options given on the command
 line or with ``--set`` override the recipe's, and a deployed coordinator gets the same
 run by putting the keys in its run config.
 
@@ -39,6 +40,7 @@ RECIPE_KEYS: dict[str, Any] = {
     "group-heads": True,
     "keep-optimizer-state": True,
     "dp-accountant": "prv",
+    "head-start": "class-means",
 }
 
 

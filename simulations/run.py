@@ -55,6 +55,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="sites keep their optimizer's state (AdamW's moments) from one round to the "
                              "next instead of building it afresh; under DP-SGD this spares each round the "
                              "noisy restart of Adam's estimates")
+    parser.add_argument("--head-start", choices=("random", "class-means"), default=None,
+                        help="class-means: each site starts its head from its class means of the statistics "
+                             "branch (one Gaussian release under DP, up to 0.4 of epsilon), then trains "
+                             "(random, the default: the usual initialization)")
     parser.add_argument("--personal-norms", action="store_true", default=None,
                         help="fsar: keep the normalization layers' parameters on each site too, as "
                              "fedbn does for fedavg (FSAR's split averages them)")
@@ -63,7 +67,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="the settings that keep the most accuracy under DP-SGD: a warm start on the "
                              "built-in synthetic data (built once and cached), every graph block frozen, the "
                              "statistics branch, batch 128, AdamW 0.005, 5 local epochs, group heads, kept "
-                             "optimizer state, PRV accountant; options given explicitly win (docs/privacy.md)")
+                             "optimizer state, PRV accountant, heads started from class means; options given "
+                             "explicitly win (docs/privacy.md)")
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "
                              "--out folder of an earlier run); parameters of another name or shape stay fresh")
@@ -110,6 +115,7 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         "frozen-blocks": args.frozen_blocks, "global-mix": args.global_mix,
         "share-head": args.share_head, "personal-norms": args.personal_norms, "group-heads": args.group_heads,
         "keep-optimizer-state": args.keep_optimizer_state,
+        "head-start": args.head_start,
         "dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta, "dp-max-grad-norm": args.dp_max_grad_norm,
         "dp-noise-multiplier": args.dp_noise_multiplier, "central-dp-noise": args.central_dp_noise,
         "central-dp-clip": args.central_dp_clip, "central-dp-clipping": args.central_dp_clipping, "secagg": args.secagg,
@@ -148,6 +154,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         check_shared_blocks(settings.shared_blocks, len(model["channels"]))
         check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
         check_global_mix(settings.global_mix, settings.personal_epochs)
+        from privacy.class_means import check_head_start_model
+
+        check_head_start_model(settings.head_start, model)
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")

@@ -198,7 +198,8 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     """The recipe's run-config keys in a coordinator's [run] (what ``fedsar-sim
     private-recipe`` prints): a warm start next to federation.toml, every block frozen,
     the statistics branch, group heads (the label-group query goes over the real
-    SuperLink), kept optimizer state and DP-SGD with the PRV accountant. Every site stays
+    SuperLink), kept optimizer state, heads started from class means and DP-SGD with the
+    PRV accountant. Every site stays
     in its budget, the frozen blocks leave bit for bit as they came, and the three sites (one label
     list) average their heads."""
     from models.label_groups import is_group_key
@@ -210,7 +211,7 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
 
     recipe = {"frozen-blocks": 2, "model-overrides": '{"statistics": true}', "group-heads": True,
               "keep-optimizer-state": True, "dp-accountant": "prv", "dp-epsilon": 8.0, "dp-delta": 1e-5,
-              "initial-model": "warm/global.npz", "learning-rate": 0.01}
+              "initial-model": "warm/global.npz", "learning-rate": 0.01, "head-start": "class-means"}
     fed = federation(sites=HONEST, rounds=2, min_sites=3, name="private", run=recipe)
     scenario = load_scenario(fed.root / "scenario.toml")
     settings = RunSettings.from_run_config({**scenario.defaults, "scenario": str(fed.root / "scenario.toml")})
@@ -240,6 +241,9 @@ def test_the_private_recipe_runs_deployed_over_grpc(federation):
     for key in frozen:  # what every site sent unchanged comes back exactly, not re-averaged
         np.testing.assert_array_equal(model[key], start[key], err_msg=key)
     assert np.abs(model["statistics.proj.weight"]).sum() > 0, "the sites trained the shared projection"
+    for site in HONEST:  # each site released its scale and its class means once, before any DP-SGD step
+        ledger = json.loads((fed.site_state(site) / "privacy-ledger.json").read_text())
+        assert [r["what"] for r in ledger["releases"]] == ["statistics scale", "class means"], (site, ledger)
     for site in HONEST:  # every message ran in a new process: the rows it reuses wait on the site's disk
         stored = list((fed.site_state(site) / "rows").glob("rows-*.npz"))
         assert stored and all(f.stat().st_mode & 0o077 == 0 for f in stored), (site, stored)

@@ -52,7 +52,7 @@ def test_the_recipe_fills_every_key_and_freezes_every_block(tmp_path):
     assert (settings.batch_size, settings.learning_rate, settings.local_epochs) == (128, 0.005, 5)
     assert settings.group_heads and settings.keep_optimizer_state
     assert json.loads(settings.extra["model-overrides"]) == {"statistics": True}
-    assert settings.extra["dp-accountant"] == "prv"
+    assert settings.extra["dp-accountant"] == "prv" and settings.head_start == "class-means"
     assert Path(settings.extra["initial-model"]) == model
 
 
@@ -121,3 +121,4 @@ def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(ca
     assert json.loads(keys["model-overrides"]) == {"statistics": True}
     settings = RunSettings.from_run_config({**keys, "scenario": str(TINY)})
     assert (settings.frozen_blocks, settings.batch_size, settings.keep_optimizer_state) == (4, 128, True)
+    assert settings.head_start == "class-means"
