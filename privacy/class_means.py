@@ -132,7 +132,7 @@ def start_head_from_class_means(context: Any, config: Mapping[str, Any], site: s
     DP settings a release its ledger counts. Returns "dp" or "exact". Raises
     :class:`privacy.dp.BudgetExhausted` (after writing the decline) when the release
     would exceed the budget, and ValueError for a model without the statistics branch."""
-    from privacy.dp import BudgetExhausted, DPSettings, ledger_store, secret_generator, site_privacy, transaction
+    from privacy.dp import DPSettings, record_release, secret_generator, site_privacy
 
     if getattr(model, "statistics", None) is None:
         raise ValueError("head-start 'class-means' needs the statistics branch "
@@ -146,23 +146,8 @@ def start_head_from_class_means(context: Any, config: Mapping[str, Any], site: s
         start_head(model.head, class_mean_directions(z, y, num_classes, 0.0))
         return "exact"
     noise = release_noise(settings)
-    run, server_round = str(getattr(context, "run_id", "")), int(config.get("server-round", 0))
-    stop: BudgetExhausted | None = None
-    with transaction(ledger_store(context, ledger_path), site=site, mechanism=settings.accountant,
-                     delta=settings.delta) as ledger:
-        ledger.delta = settings.delta  # as a DP-SGD round sets it
-        after = ledger.epsilon_after(noise, 1.0, 1)
-        if settings.epsilon is not None and after > settings.epsilon * (1 + 1e-9):
-            reason = (f"releasing the class means would raise epsilon from {ledger.epsilon():.4f} to "
-                      f"{after:.4f}, over the budget {settings.epsilon} (delta {settings.delta})")
-            ledger.decline(run, server_round, reason)
-            stop = BudgetExhausted(reason, ledger.epsilon())
-        else:
-            directions = class_mean_directions(z, y, num_classes, noise, secret_generator())
-            entry = ledger.release(run, server_round, "class means", noise, 1, 1.0)
-    if stop is not None:
-        log.warning("site %s declines round %d: %s", site, server_round, stop.reason)
-        raise stop
+    entry = record_release(context, config, site, settings, ledger_path, "class means", noise, 1, 1.0)
+    directions = class_mean_directions(z, y, num_classes, noise, secret_generator())
     start_head(model.head, directions)
     log.info("site %s released its class means (noise %.3g): epsilon %.4f", site, noise, entry["epsilon"])
     return "dp"

@@ -475,27 +475,38 @@ def fit_statistics_scale(
         return "exact"
     noise = release_noise(settings.epsilon, settings.delta, settings.accountant)
     public = public_scale(model.layout.name, int(np.shape(x_train)[2]))
+    entry = record_release(context, config, site, settings, ledger_path, "statistics scale", noise,
+                           SCALE_RELEASES, SCALE_CLIP)
+    scale, _ = dp_scale(features, public, SCALE_CLIP, noise, secret_generator())
+    branch.set_scale(*scale)
+    log.info("site %s released its statistics scale (noise %.3g, clip %g): epsilon %.4f",
+             site, noise, SCALE_CLIP, entry["epsilon"])
+    return "dp"
+
+
+def record_release(context: Any, config: Mapping[str, Any], site: str, settings: DPSettings,
+                   ledger_path: Path | None, what: str, noise: float, count: int, clip: float) -> dict[str, Any]:
+    """Write ``count`` Gaussian releases of the site's whole training split (``what``, e.g.
+    the statistics scale) into its ledger before the data are touched, so that the budget
+    covers them; returns the ledger's entry. When they would pass the budget, writes the
+    decline instead and raises :class:`BudgetExhausted`."""
     run, server_round = str(getattr(context, "run_id", "")), int(config.get("server-round", 0))
     stop: BudgetExhausted | None = None
     with transaction(ledger_store(context, ledger_path), site=site, mechanism=settings.accountant,
                      delta=settings.delta) as ledger:
         ledger.delta = settings.delta  # as a DP-SGD round sets it
-        after = ledger.epsilon_after(noise, 1.0, SCALE_RELEASES)
+        after = ledger.epsilon_after(noise, 1.0, count)
         if settings.epsilon is not None and after > settings.epsilon * (1 + 1e-9):
-            reason = (f"releasing the statistics scale would raise epsilon from {ledger.epsilon():.4f} to "
+            reason = (f"releasing the {what} would raise epsilon from {ledger.epsilon():.4f} to "
                       f"{after:.4f}, over the budget {settings.epsilon} (delta {settings.delta})")
             ledger.decline(run, server_round, reason)
             stop = BudgetExhausted(reason, ledger.epsilon())
         else:
-            scale, (z, _, count) = dp_scale(features, public, SCALE_CLIP, noise, secret_generator())
-            entry = ledger.release(run, server_round, "statistics scale", z, count, SCALE_CLIP)
+            entry = ledger.release(run, server_round, what, noise, count, clip)
     if stop is not None:
         log.warning("site %s declines round %d: %s", site, server_round, stop.reason)
         raise stop
-    branch.set_scale(*scale)
-    log.info("site %s released its statistics scale (noise %.3g, clip %g): epsilon %.4f",
-             site, z, SCALE_CLIP, entry["epsilon"])
-    return "dp"
+    return entry
 
 
 def run_config_keys(extra: Mapping[str, Any], num_rounds: int) -> dict[str, Any]:
