@@ -88,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
     from client.trainer import make_optimizer
     from privacy.dp import BudgetExhausted, dp_requested, fit_statistics_scale, train_site
 
+    shared_blocks = int(config.get("shared-blocks", 0))
     scale_fitted = None
     try:  # the statistics branch's scale and (head-start) the head, once per site; under DP releases the ledger counts
         scale_fitted = fit_statistics_scale(context, config, setup.spec.name, model, data.x_train)
@@ -97,11 +98,10 @@ def train(msg: Message, context: Context) -> Message:
             start_head_from_class_means(context, config, setup.spec.name, model, data.x_train, data.y_train)
     except BudgetExhausted as stop:
         if scale_fitted == "dp":  # paid for: keep it, or the next round would release it again
-            _keep_released_scale(context, config, model, policy, int(config.get("shared-blocks", 0)))
+            _keep_released_scale(context, config, model, policy, shared_blocks)
         return _declined(msg, context, received, setup.spec.name, stop)
 
     recipe = round_train_config(config, seed=setup.seed + server_round, site_recipe=setup.spec.recipe)
-    shared_blocks = int(config.get("shared-blocks", 0))
     personal_epochs = int(config.get("personal-epochs", 0))
     frozen_blocks = int(config.get("frozen-blocks", 0))
     freeze_blocks(model, frozen_blocks)  # the warm start's features stay as received (the model is built each round)

@@ -101,5 +101,8 @@ class StatisticsBranch(nn.Module):
 
     def statistics(self, x: torch.Tensor) -> torch.Tensor:
         """The standardized statistics ``[N, F]`` (no parameters: free of DP noise)."""
-        raw = sequence_statistics(x, self.layout, SQRT_EPS)
-        return (raw - self.scale_mean) / self.scale_std
+        return self.standardize(sequence_statistics(x, self.layout, SQRT_EPS))
+
+    def standardize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Statistics ``[N, F]`` as computed by :func:`sequence_statistics`, on the site's scale."""
+        return (raw.to(self.scale_mean) - self.scale_mean) / self.scale_std

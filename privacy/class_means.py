@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 HEAD_START_MODES = ("random", "class-means")
 CLASS_MEANS_SHARE = 0.4  # of the target epsilon, spent by the release alone
 LOGIT_SCALE = 20.0  # the started head's logit for a sequence on its class's mean direction
-_CHUNK = 256  # sequences per batch when computing the statistics
 
 
 def check_head_start(value: Any, where: str = "run config") -> str:
@@ -99,31 +98,16 @@ def start_head(head: nn.Linear, directions: torch.Tensor, logit_scale: float = L
             head.bias.zero_()
 
 
-def standardized_statistics(model: nn.Module, x: Any) -> torch.Tensor:
-    """The statistics branch's standardized statistics ``[N, F]`` of a split (no gradients)."""
-    device = next(model.parameters()).device
-    x = np.asarray(x)
-    with torch.no_grad():
-        parts = [model.input_statistics(torch.as_tensor(x[i:i + _CHUNK], dtype=torch.float32, device=device))
-                 for i in range(0, len(x), _CHUNK)]
-    return torch.cat(parts).cpu()
-
-
 def release_noise(settings: Any) -> float:
     """The release's noise for the site's DP ``settings``: at most
     :data:`CLASS_MEANS_SHARE` of a target epsilon on its own, else the site's fixed DP-SGD
     noise multiplier."""
-    from privacy.dp import BudgetExhausted, noise_for_budget
+    from privacy.dp import noise_for_share
 
     if settings.epsilon is None:
         return float(settings.noise_multiplier)
-    cap = CLASS_MEANS_SHARE * float(settings.epsilon)
-    try:
-        return noise_for_budget([], settings.accountant, cap, settings.delta, 1.0, 1)
-    except BudgetExhausted:  # the accountant's orders bound how small an epsilon it can show
-        raise ValueError(f"dp-epsilon {settings.epsilon:g}: no noise keeps the class-mean release within "
-                         f"{CLASS_MEANS_SHARE:g} of it ({cap:g}); ask for a larger epsilon or head-start "
-                         f"'random'") from None
+    return noise_for_share(settings.epsilon, settings.delta, settings.accountant, CLASS_MEANS_SHARE, 1,
+                           "class-mean")
 
 
 def start_head_from_class_means(context: Any, config: Mapping[str, Any], site: str, model: nn.Module,
@@ -137,7 +121,9 @@ def start_head_from_class_means(context: Any, config: Mapping[str, Any], site: s
     if getattr(model, "statistics", None) is None:
         raise ValueError("head-start 'class-means' needs the statistics branch "
                          "(model-overrides = {\"statistics\": true})")
-    z = standardized_statistics(model, x_train)
+    from privacy.feature_scale import training_statistics
+
+    z = model.statistics.standardize(training_statistics(x_train, model.layout))
     y = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
     num_classes = model.head.out_features
     own, ledger_path = site_privacy(context.node_config)

@@ -225,6 +225,19 @@ def _noise_for_budget(history: list, mechanism: str, target_epsilon: float, delt
     return high
 
 
+def noise_for_share(target_epsilon: float, delta: float, mechanism: str, share: float, releases: int,
+                    what: str) -> float:
+    """Noise multiplier of ``releases`` Gaussian releases of a whole split (sample rate 1)
+    that together spend at most ``share`` of ``target_epsilon`` on their own; a ValueError
+    naming ``what`` when the accountant cannot show an epsilon that small."""
+    cap = share * float(target_epsilon)
+    try:
+        return noise_for_budget([], mechanism, cap, delta, 1.0, releases)
+    except BudgetExhausted:  # the accountant's orders bound how small an epsilon it can show
+        raise ValueError(f"dp-epsilon {target_epsilon:g}: no noise keeps the {what} release within "
+                         f"{share:g} of it ({cap:g}); ask for a larger epsilon") from None
+
+
 def plan_noise(ledger: PrivacyLedger, settings: DPSettings, *, run: str, server_round: int,
                planned_rounds: int, sample_rate: float, steps_per_round: int) -> float:
     """This round's noise multiplier: fixed, the run's stored plan, or a new plan that

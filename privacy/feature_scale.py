@@ -87,14 +87,9 @@ def dp_scale(features: torch.Tensor, public: Scale, clip: float, noise: float,
 def release_noise(target_epsilon: float | None, delta: float, mechanism: str) -> float:
     """Noise of the DP scale release: at least :data:`MIN_SCALE_NOISE`, and enough that
     the release alone spends at most :data:`SCALE_BUDGET_SHARE` of ``target_epsilon``."""
-    from privacy.dp import BudgetExhausted, noise_for_budget
+    from privacy.dp import noise_for_share
 
     if target_epsilon is None:
         return MIN_SCALE_NOISE
-    cap = SCALE_BUDGET_SHARE * float(target_epsilon)
-    try:
-        noise = noise_for_budget([], mechanism, cap, delta, 1.0, SCALE_RELEASES)
-    except BudgetExhausted:  # the accountant's orders bound how small an epsilon it can show
-        raise ValueError(f"dp-epsilon {target_epsilon:g}: no noise keeps the statistics scale release within "
-                         f"{SCALE_BUDGET_SHARE:g} of it ({cap:g}); ask for a larger epsilon") from None
+    noise = noise_for_share(target_epsilon, delta, mechanism, SCALE_BUDGET_SHARE, SCALE_RELEASES, "statistics scale")
     return max(MIN_SCALE_NOISE, noise)

@@ -55,7 +55,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="sites keep their optimizer's state (AdamW's moments) from one round to the "
                              "next instead of building it afresh; under DP-SGD this spares each round the "
                              "noisy restart of Adam's estimates")
-    parser.add_argument("--head-start", choices=("random", "class-means"), default=None,
+    from privacy.class_means import HEAD_START_MODES
+
+    parser.add_argument("--head-start", choices=HEAD_START_MODES, default=None,
                         help="class-means: each site starts its head from its class means of the statistics "
                              "branch (one Gaussian release under DP, up to 0.4 of epsilon), then trains "
                              "(random, the default: the usual initialization)")
