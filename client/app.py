@@ -26,6 +26,7 @@ from client.personal_phase import check_personal_epochs, fit_personal, shared_on
 from client.personal_store import load_personal, save_personal
 from client.site import (
     build_site_model,
+    carries_group_head,
     keep_personal,
     load_parameters,
     personal_from_state,
@@ -81,6 +82,7 @@ def train(msg: Message, context: Context) -> Message:
     if personal is None:  # a deployed site after a restart or in a resumed federation
         personal = load_personal(context, config)
     received = _unless_own_model(received, personal, policy)
+    group_head = carries_group_head(received, config, data.classes)
     received, personal = with_group_head(received, personal, config, data.classes)
     load_parameters(model, received, personal)
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
@@ -92,7 +94,8 @@ def train(msg: Message, context: Context) -> Message:
     scale_fitted = None
     try:  # the statistics branch's scale and (head-start) the head, once per site; under DP releases the ledger counts
         scale_fitted = fit_statistics_scale(context, config, setup.spec.name, model, data.x_train)
-        if scale_fitted is not None and str(config.get("head-start", "random")) == "class-means":
+        # a site's first training starts its head from class means, unless its label group already trained one
+        if scale_fitted is not None and str(config.get("head-start", "random")) == "class-means" and not group_head:
             from privacy.class_means import start_head_from_class_means
 
             start_head_from_class_means(context, config, setup.spec.name, model, data.x_train, data.y_train)

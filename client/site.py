@@ -175,6 +175,15 @@ def with_group_head(
     return plain, ArrayRecord(merged)
 
 
+def carries_group_head(received: ArrayRecord, config: Mapping[str, Any], classes: list[str]) -> bool:
+    """Whether ``received`` holds the head of the site's label group (``group-heads``):
+    one its peers trained, which a site that trains for the first time goes on from
+    instead of starting its own."""
+    from models.label_groups import label_group, own_group
+
+    return bool(config.get("group-heads", False)) and bool(own_group(received, label_group(classes)))
+
+
 def with_tagged_head(shared: ArrayRecord, personal: ArrayRecord, config: Mapping[str, Any],
                      classes: list[str]) -> ArrayRecord:
     """``shared`` plus, under ``group-heads``, the site's head tagged with its label group,

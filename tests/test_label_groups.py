@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 
+import client.trainer as trainer
+from client.app import train
 from models.label_groups import (PEERS_KEY, SITE_KEY, for_group, group_key, group_of, is_group_key, label_group,
                                  own_group, tagged_heads)
 from models.roles import parameter_kind
@@ -19,7 +21,7 @@ from server.federation import check_group_heads
 from server.settings import RunSettings
 from strategies.registry import StrategyOptions, build_strategy
 from strategies.screening import reply_problem
-from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
+from test_fsar_rounds import _state, recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
 
 GROUPS = Path(__file__).parent / "scenarios" / "label-groups.toml"
 A, B = label_group(["wave", "kick", "sit"]), label_group(["kick", "wave", "sit"])
@@ -174,3 +176,35 @@ def test_a_site_not_heard_from_gets_no_group_head_and_is_told_to_keep_its_own():
     (late,) = strategy.own_group_heads_only([train_message(9)])
     assert set(late.content["arrays"].keys()) == {"w", group_key(B, "head.bias")}
     assert late.content["config"][PEERS_KEY] == 0  # site-9 is alone in group B
+
+
+def test_a_site_that_first_trains_after_its_group_goes_on_from_the_groups_head():
+    """A site that trains for the first time in round 2 (it connected late, or was not
+    sampled in round 1) receives the head its label group trained: it goes on from that
+    head instead of replacing it with a start from its own class means."""
+    grids: list = []
+    recorded_fsar_rounds(GROUPS, grids=grids, **{
+        "group-heads": True, "mkd": False, "model-overrides": '{"statistics": true}', "head-start": "class-means"})
+    grid = grids[0]
+    tag = next(r.content["site"][SITE_KEY] for r in grid.uplink if r.content["site"]["site-name"] == "front")
+    round2 = [m for m in grid.downlink if m.metadata.message_type == "train"][3]
+    assert round2.metadata.dst_node_id == 1 and round2.content["config"]["server-round"] == 2
+    group_head = {k: torch.from_numpy(v.numpy()) for k, v in own_group(round2.content["arrays"], tag).items()}
+    assert group_head["head.bias"].abs().sum() > 0, "a trained head (a class-mean start has zero bias)"
+    starts: list[dict] = []
+    real_train = trainer.train
+
+    def recording_train(model, data, config, **kwargs):
+        starts.append(_state(model))
+        return real_train(model, data, config, **kwargs)
+
+    late = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    trainer.train = recording_train
+    try:
+        reply = train(round2, late)
+    finally:
+        trainer.train = real_train
+    assert not reply.has_error()
+    for key, value in group_head.items():
+        torch.testing.assert_close(starts[0][key], value)
+    assert starts[0]["statistics.scale_fitted"].item() == 1.0  # its own scale, fitted now
