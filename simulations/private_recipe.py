@@ -151,6 +151,27 @@ def _stderr_fd() -> int | None:
         return None
 
 
+def check_recipe_loads(config: dict[str, Any]) -> None:
+    """Load the recipe's warm start for the scenario's model as a coordinator would, so
+    that keys printed for a scenario of another model (whose frozen blocks the synthetic
+    warm start cannot fill) fail here, naming the scenario, not when the federation starts."""
+    from server.federation import model_config_for, starting_arrays
+    from server.settings import RunSettings
+    from skeletons.scenario import resolve_scenario
+    from strategies.registry import client_policy
+
+    scenario = resolve_scenario(str(config["scenario"]))
+    settings = RunSettings.from_run_config({**scenario.defaults, **config})
+    model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
+    try:
+        starting_arrays(scenario, settings, model, client_policy(settings.strategy, scenario.shared_label_set),
+                        str(config["initial-model"]))
+    except ValueError as err:
+        raise UserError(f"private recipe for scenario {scenario.name!r}: {err}. The recipe's warm start is the "
+                        f"synthetic job's model: for this scenario set initial-model in [run] to a model of its "
+                        f"own (fedsar-sim run: --initial-model PATH)") from None
+
+
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--scenario", default="synthetic",
                         help="the scenario whose model sets frozen-blocks (built-in name or .toml path)")
@@ -165,6 +186,7 @@ def run(args: Any) -> int:
 
     try:
         config = apply_private_recipe({"scenario": args.scenario}, set(), args.device)
+        check_recipe_loads(config)
     except ScenarioError as err:
         raise UserError(str(err)) from None
     print("# the private recipe (fedsar-sim run --private-recipe); add dp-epsilon, dp-delta, dp-max-grad-norm")

@@ -122,3 +122,18 @@ def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(ca
     settings = RunSettings.from_run_config({**keys, "scenario": str(TINY)})
     assert (settings.frozen_blocks, settings.batch_size, settings.keep_optimizer_state) == (4, 128, True)
     assert settings.head_start == "class-means"
+
+
+def test_the_printed_keys_of_a_scenario_the_warm_start_does_not_fit_are_refused(capsys):
+    """The cached warm start holds the tiny model (four blocks of 16-32 channels); the
+    label-groups scenario builds the same, the synthetic one a wider model: its frozen
+    blocks would stay random, so the command names the scenario and prints no keys."""
+    from simulations.cli import main
+
+    _cached_model()
+    assert main(["private-recipe", "--scenario", str(Path(__file__).parent / "scenarios" / "label-groups.toml")]) == 0
+    capsys.readouterr()
+    assert main(["private-recipe", "--scenario", "synthetic"]) != 0
+    captured = capsys.readouterr()
+    assert "scenario 'synthetic'" in captured.err and "frozen-blocks = 4 freezes" in captured.err
+    assert "initial-model =" not in captured.out
