@@ -160,7 +160,7 @@ def check_recipe_loads(config: dict[str, Any]) -> None:
     from skeletons.scenario import resolve_scenario
     from strategies.registry import client_policy
 
-    scenario = resolve_scenario(str(config["scenario"]))
+    scenario = resolve_scenario(str(config["scenario"]), config.get("paths-file") or None)
     settings = RunSettings.from_run_config({**scenario.defaults, **config})
     model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     try:
