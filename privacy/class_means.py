@@ -116,7 +116,7 @@ def start_head_from_class_means(context: Any, config: Mapping[str, Any], site: s
     DP settings a release its ledger counts. Returns "dp" or "exact". Raises
     :class:`privacy.dp.BudgetExhausted` (after writing the decline) when the release
     would exceed the budget, and ValueError for a model without the statistics branch."""
-    from privacy.dp import DPSettings, record_release, secret_generator, site_privacy
+    from privacy.dp import record_release, secret_generator, site_dp_settings
 
     if getattr(model, "statistics", None) is None:
         raise ValueError("head-start 'class-means' needs the statistics branch "
@@ -126,8 +126,7 @@ def start_head_from_class_means(context: Any, config: Mapping[str, Any], site: s
     z = model.statistics.standardize(training_statistics(x_train, model.layout))
     y = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
     num_classes = model.head.out_features
-    own, ledger_path = site_privacy(context.node_config)
-    settings = DPSettings.resolve((config, "run config"), (own, "site config"))
+    settings, ledger_path = site_dp_settings(context, config)
     if not settings.enabled:
         start_head(model.head, class_mean_directions(z, y, num_classes, 0.0))
         return "exact"

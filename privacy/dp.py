@@ -422,10 +422,16 @@ def ledger_store(context: Any, path: Path | None) -> LedgerStore:
     return MirroredStore(FileStore(path), in_state) if path is not None else in_state
 
 
+def site_dp_settings(context: Any, config: Mapping[str, Any]) -> tuple[DPSettings, Path | None]:
+    """The site's DP settings for this round (run-config ``dp-*`` keys unless its own
+    config sets the same key) and its ledger path."""
+    own, ledger_path = site_privacy(context.node_config)
+    return DPSettings.resolve((config, "run config"), (own, "site config")), ledger_path
+
+
 def dp_requested(context: Any, config: Mapping[str, Any]) -> bool:
     """Whether this site trains with DP-SGD this round (its own settings or the run config's)."""
-    own, _ = site_privacy(context.node_config)
-    return DPSettings.resolve((config, "run config"), (own, "site config")).enabled
+    return site_dp_settings(context, config)[0].enabled
 
 
 def train_site(
@@ -447,8 +453,7 @@ def train_site(
     sets the same key. Returns the trainer's metrics and the reply's privacy metrics;
     raises :class:`BudgetExhausted` when the site declines the round.
     """
-    own, ledger_path = site_privacy(context.node_config)
-    settings = DPSettings.resolve((config, "run config"), (own, "site config"))
+    settings, ledger_path = site_dp_settings(context, config)
     if not settings.enabled:
         model.to(_recipe_device(recipe))  # before its optimizer: see train_private
         metrics = train_fn(model, data, recipe, teacher=teacher, global_shared=global_shared,
@@ -481,8 +486,7 @@ def fit_statistics_scale(
                                        release_noise, training_statistics)
 
     features = training_statistics(x_train, model.layout)
-    own, ledger_path = site_privacy(context.node_config)
-    settings = DPSettings.resolve((config, "run config"), (own, "site config"))
+    settings, ledger_path = site_dp_settings(context, config)
     if not settings.enabled:
         branch.set_scale(*exact_scale(features))
         return "exact"

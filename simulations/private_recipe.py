@@ -155,8 +155,9 @@ def check_recipe_loads(config: dict[str, Any]) -> None:
     """Load the recipe's warm start for the scenario's model as a coordinator would, so
     that keys printed for a scenario of another model (whose frozen blocks the synthetic
     warm start cannot fill) fail here, naming the scenario, not when the federation starts."""
-    from server.federation import model_config_for, starting_arrays
+    from server.federation import model_config_for
     from server.settings import RunSettings
+    from simulations.run import check_warm_start
     from skeletons.scenario import resolve_scenario
     from strategies.registry import client_policy
 
@@ -164,8 +165,7 @@ def check_recipe_loads(config: dict[str, Any]) -> None:
     settings = RunSettings.from_run_config({**scenario.defaults, **config})
     model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     try:
-        starting_arrays(scenario, settings, model, client_policy(settings.strategy, scenario.shared_label_set),
-                        str(config["initial-model"]))
+        check_warm_start(scenario, settings, model, client_policy(settings.strategy, scenario.shared_label_set))
     except ValueError as err:
         raise UserError(f"private recipe for scenario {scenario.name!r}: {err}. The recipe's warm start is the "
                         f"synthetic job's model: for this scenario set initial-model in [run] to a model of its "
