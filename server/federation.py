@@ -194,15 +194,24 @@ def check_group_heads(settings: RunSettings, privacy_report: dict[str, Any]) -> 
     return True
 
 
+def check_model_settings(settings: RunSettings, model_config: dict[str, Any]) -> None:
+    """A ValueError naming the run-config key whose value the model cannot take (shared or
+    frozen blocks beyond its depth, a global mix without personal epochs, a class-mean
+    head start without the statistics branch). The simulation calls it before the engine
+    starts; a deployed coordinator before round 1."""
+    depth = len(model_config["channels"])
+    check_shared_blocks(settings.shared_blocks, depth)
+    check_frozen_blocks(settings.frozen_blocks, depth)
+    check_global_mix(settings.global_mix, settings.personal_epochs)
+    check_head_start_model(settings.head_start, model_config)
+
+
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``settings.num_server_rounds`` rounds of ``settings.strategy`` on the scenario."""
     scenario = with_run_anonymization(resolve_scenario(settings.scenario, settings.paths_file or None),
                                       settings.extra.get("anonymize"))
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
-    check_shared_blocks(settings.shared_blocks, len(model_config["channels"]))
-    check_frozen_blocks(settings.frozen_blocks, len(model_config["channels"]))
-    check_global_mix(settings.global_mix, settings.personal_epochs)
-    check_head_start_model(settings.head_start, model_config)
+    check_model_settings(settings, model_config)
     if settings.frozen_blocks and not settings.extra.get("initial-model"):
         log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
                     "in those blocks", settings.frozen_blocks)

@@ -148,17 +148,11 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
 
         check_run_config(config)
         settings = RunSettings.from_run_config(config)
-        from server.federation import model_config_for  # a bad model fails before the engine starts
-
-        from models.roles import check_frozen_blocks, check_global_mix, check_shared_blocks
+        # a bad model fails before the engine starts
+        from server.federation import check_model_settings, model_config_for
 
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
-        check_shared_blocks(settings.shared_blocks, len(model["channels"]))
-        check_frozen_blocks(settings.frozen_blocks, len(model["channels"]))
-        check_global_mix(settings.global_mix, settings.personal_epochs)
-        from privacy.class_means import check_head_start_model
-
-        check_head_start_model(settings.head_start, model)
+        check_model_settings(settings, model)
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")
