@@ -178,7 +178,7 @@ def test_a_site_not_heard_from_gets_no_group_head_and_is_told_to_keep_its_own():
     assert late.content["config"][PEERS_KEY] == 0  # site-9 is alone in group B
 
 
-def test_a_site_that_first_trains_after_its_group_goes_on_from_the_groups_head():
+def test_a_site_that_first_trains_after_its_group_goes_on_from_the_groups_head(monkeypatch):
     """A site that trains for the first time in round 2 (it connected late, or was not
     sampled in round 1) receives the head its label group trained: it goes on from that
     head instead of replacing it with a start from its own class means."""
@@ -199,11 +199,8 @@ def test_a_site_that_first_trains_after_its_group_goes_on_from_the_groups_head()
         return real_train(model, data, config, **kwargs)
 
     late = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
-    trainer.train = recording_train
-    try:
-        reply = train(round2, late)
-    finally:
-        trainer.train = real_train
+    monkeypatch.setattr(trainer, "train", recording_train)
+    reply = train(round2, late)
     assert not reply.has_error()
     for key, value in group_head.items():
         torch.testing.assert_close(starts[0][key], value)
