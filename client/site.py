@@ -94,8 +94,10 @@ def site_data(setup: SiteSetup) -> SiteArrays:
 
 def round_train_config(config: Mapping[str, Any], seed: int, site_recipe: Mapping[str, Any] | None = None):
     """A round's local training recipe from the train config the coordinator sends (or any
-    mapping of the same keys), with the site's own augmentation winning."""
+    mapping of the same keys), with the site's own augmentation winning; the run's
+    augmented copies apply only where the site augments."""
     from client.trainer import TrainConfig
+    from skeletons.scenario import site_copies
 
     def augment(key: str, default):
         return (site_recipe or {}).get(key, config.get(key, default))
@@ -111,7 +113,7 @@ def round_train_config(config: Mapping[str, Any], seed: int, site_recipe: Mappin
         rotate=float(augment("augment-rotate", 0.0)),
         rotate_axes=str(augment("augment-axes", "xyz")),
         scale=float(augment("augment-scale", 0.0)),
-        augment_multiplicity=int(augment("augment-multiplicity", 1)),
+        augment_multiplicity=site_copies(dict(config), dict(site_recipe or {})),
         augment_pool=int(augment("augment-pool", 0)),
         grains=grains if mkd else [],
         lambda_mg=float(config.get("lambda_mg", 0.0)) if mkd else 0.0,

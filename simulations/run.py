@@ -8,7 +8,7 @@ from pathlib import Path
 from server.settings import RunSettings
 from simulations.report import site_table
 from skeletons.clikit import UserError
-from skeletons.scenario import (Scenario, ScenarioError, builtin_scenarios, check_copies_augmented,
+from skeletons.scenario import (Scenario, ScenarioError, augments, builtin_scenarios, check_copies_augmented,
                                 resolve_scenario)
 from strategies.registry import STRATEGY_NAMES, client_policy
 
@@ -155,7 +155,13 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         check_model_settings(settings, model)
         run_recipe = settings.augmentation()
         for site in scenario.sites:
-            check_copies_augmented({**run_recipe, **site.recipe}, f"site {site.name}")
+            check_copies_augmented(run_recipe, site.recipe, f"site {site.name}")
+        recipe_copies = args.private_recipe and "augment-multiplicity" not in explicit
+        if settings.augment_multiplicity > 1 and not recipe_copies and \
+                not any(augments({**run_recipe, **site.recipe}) for site in scenario.sites):
+            raise UserError(f"run config: augment-multiplicity = {settings.augment_multiplicity} is for the sites "
+                            f"that augment, and no site of scenario {scenario.name!r} does: set augment-rotate "
+                            f"or augment-scale too")
         # client_policy refuses share-head / personal-norms where they mean nothing
         policy = client_policy(settings.strategy, scenario.shared_label_set, settings.share_head,
                                settings.personal_norms)

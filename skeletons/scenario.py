@@ -83,11 +83,29 @@ class SiteSpec:
         return cls(**raw)
 
 
-def check_copies_augmented(recipe: dict[str, Any], where: str) -> None:
-    """A site's effective recipe (run config's keys, then its own) may only ask for several
-    augmented copies of each sample when something augments them."""
-    copies = recipe.get("augment-multiplicity", 1)
-    if copies > 1 and not (recipe.get("augment-rotate") or recipe.get("augment-scale")):
+def augments(recipe: dict[str, Any]) -> bool:
+    """Whether a recipe (run config's keys, a site's own, or both laid over each other)
+    transforms its training sequences."""
+    return bool(recipe.get("augment-rotate") or recipe.get("augment-scale"))
+
+
+def site_copies(run_recipe: dict[str, Any], site_recipe: dict[str, Any]) -> int:
+    """Augmented copies of each sample a site trains on per step: its own
+    ``augment-multiplicity``, else the run's where the site augments, else one. A run-wide
+    value is meant for the sites that augment: copies of a sequence nothing transforms
+    would all be the same, and would only cost time."""
+    if "augment-multiplicity" in site_recipe:
+        return int(site_recipe["augment-multiplicity"])
+    if augments({**run_recipe, **site_recipe}):
+        return int(run_recipe.get("augment-multiplicity", 1))
+    return 1
+
+
+def check_copies_augmented(run_recipe: dict[str, Any], site_recipe: dict[str, Any], where: str) -> None:
+    """A site may only ask for several augmented copies of each sample (its own
+    ``augment-multiplicity``) when something augments them."""
+    copies = site_recipe.get("augment-multiplicity", 1)
+    if copies > 1 and not augments({**run_recipe, **site_recipe}):
         raise ScenarioError(f"{where}: augment-multiplicity = {copies!r} needs augment-rotate or augment-scale: "
                             "without an augmentation every copy is the same")
 

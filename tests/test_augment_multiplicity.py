@@ -11,7 +11,7 @@ from opacus import PrivacyEngine
 
 from client.augment import augment
 from client.trainer import TrainConfig, train
-from skeletons.scenario import ScenarioError, load_scenario
+from skeletons.scenario import ScenarioError, check_copies_augmented, load_scenario, site_copies
 from test_dp import tiny_data, tiny_model
 from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
 from test_site_recipe import scenario_with_front_recipe
@@ -106,16 +106,46 @@ def test_a_site_recipe_sets_its_copies_and_a_bad_value_names_the_key(tmp_path):
         load_scenario(scenario_with_front_recipe(tmp_path, "{ augment-rotate = 30, augment-multiplicity = 2.5 }"))
 
 
-def test_the_simulator_refuses_copies_for_a_site_that_does_not_augment(tmp_path):
+def test_run_wide_copies_go_only_to_sites_that_augment():
+    # a site's own value wins; the run's applies where the site (or the run) augments
+    assert site_copies({"augment-multiplicity": 4}, {"augment-rotate": 60}) == 4
+    assert site_copies({"augment-multiplicity": 4}, {}) == 1
+    assert site_copies({"augment-multiplicity": 4, "augment-scale": 0.1}, {}) == 4
+    assert site_copies({"augment-multiplicity": 4}, {"augment-rotate": 60, "augment-multiplicity": 2}) == 2
+    assert site_copies({}, {"augment-rotate": 60}) == 1
+    # only a site's own copies without any augmentation are refused
+    check_copies_augmented({"augment-multiplicity": 4}, {}, "site a")
+    with pytest.raises(ScenarioError, match="site a: augment-multiplicity = 3 needs augment-rotate"):
+        check_copies_augmented({"augment-multiplicity": 4}, {"augment-multiplicity": 3}, "site a")
+    check_copies_augmented({"augment-scale": 0.1}, {"augment-multiplicity": 3}, "site a")
+
+
+def test_the_simulator_refuses_copies_when_no_site_augments(tmp_path):
     from simulations.run import settings_from_args
     from skeletons.clikit import UserError
     from test_sim_options import parse
 
-    with pytest.raises(UserError, match="site .*: augment-multiplicity = 4 needs augment-rotate"):
+    with pytest.raises(UserError, match="augment-multiplicity = 4 is for the sites that augment, and no site"):
         settings_from_args(parse("--set", "augment-multiplicity=4"), "fsar", tmp_path)
     settings = settings_from_args(parse("--set", "augment-multiplicity=4", "--set", "augment-scale=0.1"),
                                   "fsar", tmp_path)
     assert settings.augment_multiplicity == 4
+    with pytest.raises(UserError, match="site front: augment-multiplicity = 2 needs augment-rotate"):
+        settings_from_args(parse("--scenario", str(scenario_with_front_recipe(tmp_path, "{ augment-multiplicity = 2 }"))),
+                           "fsar", tmp_path)
+
+
+def test_run_wide_copies_reach_only_the_augmenting_sites_trainer(tmp_path):
+    """One site rotates (its own recipe), the other does not: the run's copies reach the
+    first site's DP-SGD steps, the second trains one copy (rows it can keep)."""
+    path = scenario_with_front_recipe(tmp_path, "{ augment-rotate = 30 }")
+    calls, results = recorded_fsar_rounds(path, **{"num-server-rounds": 1, "augment-multiplicity": 3,
+                                                   "dp-noise-multiplier": 1.0})
+    front, side = calls  # one round, the sites in node order
+    assert front["dp"] and side["dp"]
+    assert (front["config"].augment_multiplicity, front["config"].rotate) == (3, 30.0)
+    assert (side["config"].augment_multiplicity, side["config"].augmentation.active) == (1, False)
+    assert results["final"]["rounds"] == 1
 
 
 def test_the_copies_reach_each_sites_trainer_under_dp(tmp_path):
