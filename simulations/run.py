@@ -156,9 +156,8 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented(run_recipe, site.recipe, f"site {site.name}")
-        recipe_copies = args.private_recipe and "augment-multiplicity" not in explicit
-        if settings.augment_multiplicity > 1 and not recipe_copies and \
-                not any(augments({**run_recipe, **site.recipe}) for site in scenario.sites):
+        augmenting = [site.name for site in scenario.sites if augments({**run_recipe, **site.recipe})]
+        if settings.augment_multiplicity > 1 and not augmenting:
             raise UserError(f"run config: augment-multiplicity = {settings.augment_multiplicity} is for the sites "
                             f"that augment, and no site of scenario {scenario.name!r} does: set augment-rotate "
                             f"or augment-scale too")
