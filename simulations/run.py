@@ -8,8 +8,8 @@ from pathlib import Path
 from server.settings import RunSettings
 from simulations.report import site_table
 from skeletons.clikit import UserError
-from skeletons.scenario import (Scenario, ScenarioError, augments, builtin_scenarios, check_copies_augmented,
-                                resolve_scenario)
+from skeletons.scenario import (Scenario, ScenarioError, builtin_scenarios, check_copies_augmented,
+                                recipe_augments, resolve_scenario)
 from strategies.registry import STRATEGY_NAMES, client_policy
 
 
@@ -156,8 +156,8 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented(run_recipe, site.recipe, f"site {site.name}")
-        augmenting = [site.name for site in scenario.sites if augments({**run_recipe, **site.recipe})]
-        if settings.augment_multiplicity > 1 and not augmenting:
+        if settings.augment_multiplicity > 1 and \
+                not any(recipe_augments({**run_recipe, **site.recipe}) for site in scenario.sites):
             raise UserError(f"run config: augment-multiplicity = {settings.augment_multiplicity} is for the sites "
                             f"that augment, and no site of scenario {scenario.name!r} does: set augment-rotate "
                             f"or augment-scale too")

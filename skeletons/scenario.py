@@ -83,9 +83,10 @@ class SiteSpec:
         return cls(**raw)
 
 
-def augments(recipe: dict[str, Any]) -> bool:
-    """Whether a recipe (run config's keys, a site's own, or both laid over each other)
-    transforms its training sequences."""
+def recipe_augments(recipe: dict[str, Any]) -> bool:
+    """Whether a recipe of run-config keys (the run's, a site's own, or both laid over each
+    other) transforms its training sequences; ``client.frozen_trunk.augments`` asks the
+    same of a built ``TrainConfig``."""
     return bool(recipe.get("augment-rotate") or recipe.get("augment-scale"))
 
 
@@ -96,7 +97,7 @@ def site_copies(run_recipe: dict[str, Any], site_recipe: dict[str, Any]) -> int:
     would all be the same, and would only cost time."""
     if "augment-multiplicity" in site_recipe:
         return int(site_recipe["augment-multiplicity"])
-    if augments({**run_recipe, **site_recipe}):
+    if recipe_augments({**run_recipe, **site_recipe}):
         return int(run_recipe.get("augment-multiplicity", 1))
     return 1
 
@@ -105,7 +106,7 @@ def check_copies_augmented(run_recipe: dict[str, Any], site_recipe: dict[str, An
     """A site may only ask for several augmented copies of each sample (its own
     ``augment-multiplicity``) when something augments them."""
     copies = site_recipe.get("augment-multiplicity", 1)
-    if copies > 1 and not augments({**run_recipe, **site_recipe}):
+    if copies > 1 and not recipe_augments({**run_recipe, **site_recipe}):
         raise ScenarioError(f"{where}: augment-multiplicity = {copies!r} needs augment-rotate or augment-scale: "
                             "without an augmentation every copy is the same")
 
