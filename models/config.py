@@ -33,6 +33,9 @@ class ModelConfig:
     lengths, posture, speeds; :mod:`models.statistics`), standardized by the site's own
     scale, and adds their linear projection to the pooled embedding: few parameters on
     strong features, what a site can still train under DP-SGD on frozen graph blocks.
+    ``statistics_projection`` (with ``statistics``) keeps that projection; without it the
+    head reads ``[pooled, z]`` alone, and under DP-SGD only the head shares the clipping
+    bound and the noise.
     """
 
     channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)
@@ -46,6 +49,7 @@ class ModelConfig:
     dropout: float = 0.0
     topology_init_std: float = 1e-3
     statistics: bool = False
+    statistics_projection: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))

@@ -58,7 +58,8 @@ class FSARNet(nn.Module):
             )
             for i in range(cfg.num_blocks)
         )
-        self.statistics = StatisticsBranch(layout, cfg.channels[-1]) if cfg.statistics else None
+        self.statistics = (StatisticsBranch(layout, cfg.channels[-1], cfg.statistics_projection)
+                           if cfg.statistics else None)
         self.dropout = nn.Dropout(cfg.dropout)
         extra = self.statistics.dim if self.statistics is not None else 0
         self.head = nn.Linear(cfg.channels[-1] + extra, self.num_classes)
@@ -143,12 +144,15 @@ def classify(
     dropout: nn.Module, head: nn.Module,
 ) -> torch.Tensor:
     """The head on the pooled graph features and, with a statistics ``branch``, the
-    standardized statistics (zeros when unknown): ``head([pooled + proj(z), z])``.
+    standardized statistics (zeros when unknown): ``head([pooled + proj(z), z])``, or
+    ``head([pooled, z])`` for a branch without its projection.
     A function, so that training on cached pooled features (client.frozen_trunk) runs the
     very same head."""
     if branch is not None:
         z = statistics if statistics is not None else pooled.new_zeros(pooled.shape[0], branch.dim)
-        pooled = torch.cat([pooled + branch.proj(z), z], dim=1)
+        if branch.proj is not None:
+            pooled = pooled + branch.proj(z)
+        pooled = torch.cat([pooled, z], dim=1)
     return head(dropout(pooled))
 
 

@@ -67,9 +67,9 @@ def num_statistics(layout: Layout) -> int:
 
 
 class StatisticsBranch(nn.Module):
-    """The site's standardization of the statistics and their projection to ``out_dim``."""
+    """The site's standardization of the statistics and (``project``) their projection to ``out_dim``."""
 
-    def __init__(self, layout: Layout, out_dim: int) -> None:
+    def __init__(self, layout: Layout, out_dim: int, project: bool = True) -> None:
         super().__init__()
         self.layout = layout
         dim = num_statistics(layout)
@@ -77,9 +77,11 @@ class StatisticsBranch(nn.Module):
         self.register_buffer("scale_mean", torch.zeros(dim))
         self.register_buffer("scale_std", torch.ones(dim))
         self.register_buffer("scale_fitted", torch.zeros(()))
-        self.proj = nn.Linear(dim, out_dim)
-        nn.init.zeros_(self.proj.weight)  # starts as a no-op on the graph embedding
-        nn.init.zeros_(self.proj.bias)
+        self.proj: nn.Linear | None = None
+        if project:
+            self.proj = nn.Linear(dim, out_dim)
+            nn.init.zeros_(self.proj.weight)  # starts as a no-op on the graph embedding
+            nn.init.zeros_(self.proj.bias)
 
     @property
     def fitted(self) -> bool:

@@ -4,11 +4,14 @@ Under sample-level DP-SGD a site's noise grows with the parameters it trains and
 signal with the sequences it holds, and the sites here hold a few hundred. The recipe
 (measured in BENCHMARKS.md, "Utility under privacy") starts every site from a backbone
 trained on the built-in synthetic data, freezes every graph block, and trains only the
-statistics branch and the head, with the optimizer state kept across rounds, one head
-per label group, and every head started from the site's class means (one more Gaussian
-release, :mod:`privacy.class_means`). Every key is an ordinary run-config key: options given on the command
-line or with ``--set`` override the recipe's, and a deployed coordinator gets the same
-run by putting the keys in its run config.
+head, which reads the sequence statistics beside the pooled feature (the statistics
+branch without its projection: on frozen blocks the head is linear in both either way,
+and fewer trained parameters share the clipping bound and the noise), with the optimizer
+state kept across rounds, one head per label group, and every head started from the
+site's class means (one more Gaussian release, :mod:`privacy.class_means`). Every key is
+an ordinary run-config key: options given on the command line or with ``--set``
+override the recipe's, and a deployed coordinator gets the same run by putting the keys
+in its run config.
 
 The synthetic warm start is built once (the default synthetic job, seed 0) and cached in
 ``$FEDSAR_CACHE`` (else ``$XDG_CACHE_HOME/fedsar``, else ``~/.cache/fedsar``), under a
@@ -33,7 +36,7 @@ from skeletons.toml_text import toml_value
 # Run-config keys of the recipe besides the warm start and the frozen depth (which
 # depends on the model: every block). The run's own model-overrides are laid over these.
 RECIPE_KEYS: dict[str, Any] = {
-    "model-overrides": {"statistics": True},
+    "model-overrides": {"statistics": True, "statistics_projection": False},
     "batch-size": 128,
     "learning-rate": 0.005,
     "local-epochs": 5,

@@ -22,10 +22,10 @@ from privacy.ledger import ContextStore, load
 from tests.test_statistics_branch import context, model_with_statistics, skeletons
 
 
-def frozen_pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+def frozen_pair(seed: int = 0, **changes) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A site model with every block frozen and a global teacher that differs from it
     (its personal topology), as in a round after the first."""
-    model = model_with_statistics(seed=seed)
+    model = model_with_statistics(seed=seed, **changes)
     teacher = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in teacher.named_parameters():
@@ -41,9 +41,10 @@ RECIPE = TrainConfig(epochs=2, batch_size=8, lr=0.01, optimizer="adamw", grains=
                      mixed_precision=False, mu=0.1, seed=3)
 
 
-def test_training_on_cached_rows_updates_the_head_as_training_on_the_sequences_does():
+@pytest.mark.parametrize("projection", [True, False])
+def test_training_on_cached_rows_updates_the_head_as_training_on_the_sequences_does(projection):
     x, y = skeletons(24)
-    direct, teacher = frozen_pair()
+    direct, teacher = frozen_pair(statistics_projection=projection)
     cached = copy.deepcopy(direct)
     head_before = direct.head.weight.detach().clone()
     shared = {k: v.clone() for k, v in direct.state_dict().items() if not k.startswith("statistics.scale")}
@@ -54,6 +55,7 @@ def test_training_on_cached_rows_updates_the_head_as_training_on_the_sequences_d
     learner, learner_teacher, rows, learner_shared = head_only_inputs(cached, teacher, RECIPE, x, shared)
     assert isinstance(learner, CachedHead) and rows.shape == (24, 8 + 8 + learner.rows.stats_dim)
     assert sorted(learner_shared) == sorted(n for n, _ in learner.named_parameters())
+    assert any("proj" in n for n in learner_shared) == projection  # without it only the head trains
     out_cached = train(learner, (rows, y), RECIPE, teacher=learner_teacher, global_shared=learner_shared,
                        optimizer=make_optimizer(learner, RECIPE))
 

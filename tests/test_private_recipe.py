@@ -51,7 +51,7 @@ def test_the_recipe_fills_every_key_and_freezes_every_block(tmp_path):
     assert settings.frozen_blocks == 4  # the tiny model's four blocks
     assert (settings.batch_size, settings.learning_rate, settings.local_epochs) == (128, 0.005, 5)
     assert settings.group_heads and settings.keep_optimizer_state
-    assert json.loads(settings.extra["model-overrides"]) == {"statistics": True}
+    assert json.loads(settings.extra["model-overrides"]) == {"statistics": True, "statistics_projection": False}
     assert settings.extra["dp-accountant"] == "prv" and settings.head_start == "class-means"
     assert Path(settings.extra["initial-model"]) == model
 
@@ -63,7 +63,7 @@ def test_options_given_explicitly_win_over_the_recipe(tmp_path):
     settings = settings_from_args(args, "fsar", tmp_path / "run")
     assert (settings.batch_size, settings.frozen_blocks, settings.learning_rate) == (32, 2, 0.005)
     assert settings.extra["dp-accountant"] == "rdp"
-    assert json.loads(settings.extra["model-overrides"]) == {"statistics": True, "dropout": 0.1}
+    assert json.loads(settings.extra["model-overrides"]) == {"statistics": True, "statistics_projection": False, "dropout": 0.1}
 
 
 def test_an_explicit_initial_model_is_used_and_nothing_is_built(tmp_path):
@@ -118,7 +118,7 @@ def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(ca
     keys = tomllib.loads(capsys.readouterr().out)
     assert keys["initial-model"] == str(model) and keys["frozen-blocks"] == 4
     assert keys["group-heads"] is True and keys["dp-accountant"] == "prv" and keys["learning-rate"] == 0.005
-    assert json.loads(keys["model-overrides"]) == {"statistics": True}
+    assert json.loads(keys["model-overrides"]) == {"statistics": True, "statistics_projection": False}
     settings = RunSettings.from_run_config({**keys, "scenario": str(TINY)})
     assert (settings.frozen_blocks, settings.batch_size, settings.keep_optimizer_state) == (4, 128, True)
     assert settings.head_start == "class-means"

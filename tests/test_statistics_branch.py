@@ -71,6 +71,21 @@ def test_the_head_reads_the_projected_statistics_in_the_embedding_and_the_statis
     assert plain.input_statistics(x) is None
 
 
+
+def test_without_its_projection_the_head_reads_the_embedding_and_the_statistics_side_by_side():
+    branch = model_with_statistics(statistics_projection=False)
+    assert branch.statistics.proj is None
+    assert not any(k.startswith("statistics.proj") for k in branch.state_dict())
+    assert branch.head.in_features == model_with_statistics().head.in_features
+    with torch.no_grad():
+        branch.head.weight.normal_()
+    x, _ = skeletons(6)
+    branch.eval()
+    z = sequence_statistics(x, LAYOUT, SQRT_EPS)
+    torch.testing.assert_close(branch(x), branch.head(torch.cat([branch.embed(x), z], dim=1)))
+    frozen = [name for name, p in branch.named_parameters() if not p.requires_grad]
+    assert not frozen and {name.split(".")[0] for name, _ in branch.named_parameters()} == {"blocks", "head"}
+
 def test_multi_grain_logits_read_the_input_statistics_too():
     """With the teacher equal to the student (no unique topology), every grain's logits
     are the student's own: the distillation's cross-entropy equals the plain one."""
