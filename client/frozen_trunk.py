@@ -45,8 +45,8 @@ HEAD_MODULES = ("statistics", "head")  # what the cached rows still pass through
 
 
 def trains_head_only(network: nn.Module) -> bool:
-    """Whether the only trainable parameters are the statistics projection and the head
-    (the statistics themselves come from fixed buffers, not parameters)."""
+    """Whether the only trainable parameters are the head and, if the model has one, the
+    statistics projection (the statistics themselves come from fixed buffers)."""
     trainable = [name for name, p in network.named_parameters() if p.requires_grad]
     return bool(trainable) and all(name.split(".")[0] in HEAD_MODULES for name in trainable)
 

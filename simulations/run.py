@@ -156,8 +156,8 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented(run_recipe, site.recipe, f"site {site.name}")
-        if settings.augment_multiplicity > 1 and \
-                not any(recipe_augments({**run_recipe, **site.recipe}) for site in scenario.sites):
+        some_site_augments = any(recipe_augments({**run_recipe, **site.recipe}) for site in scenario.sites)
+        if settings.augment_multiplicity > 1 and not some_site_augments:
             raise UserError(f"run config: augment-multiplicity = {settings.augment_multiplicity} is for the sites "
                             f"that augment, and no site of scenario {scenario.name!r} does: set augment-rotate "
                             f"or augment-scale too")

@@ -71,7 +71,6 @@ def test_the_head_reads_the_projected_statistics_in_the_embedding_and_the_statis
     assert plain.input_statistics(x) is None
 
 
-
 def test_without_its_projection_the_head_reads_the_embedding_and_the_statistics_side_by_side():
     branch = model_with_statistics(statistics_projection=False)
     assert branch.statistics.proj is None
@@ -85,6 +84,7 @@ def test_without_its_projection_the_head_reads_the_embedding_and_the_statistics_
     torch.testing.assert_close(branch(x), branch.head(torch.cat([branch.embed(x), z], dim=1)))
     frozen = [name for name, p in branch.named_parameters() if not p.requires_grad]
     assert not frozen and {name.split(".")[0] for name, _ in branch.named_parameters()} == {"blocks", "head"}
+
 
 def test_multi_grain_logits_read_the_input_statistics_too():
     """With the teacher equal to the student (no unique topology), every grain's logits
