@@ -10,7 +10,7 @@ import pytest
 
 from server.federation import initial_arrays, model_config_for
 from server.settings import RunSettings
-from simulations.private_recipe import cache_root, synthetic_model_tag, synthetic_warm_start
+from simulations.private_recipe import cache_root, one_thread_environment, synthetic_model_tag, synthetic_warm_start
 from simulations.run import add_arguments, settings_from_args
 from skeletons.atomic import write_arrays
 from skeletons.clikit import UserError
@@ -106,6 +106,13 @@ def test_the_synthetic_warm_start_is_built_once_by_the_real_job(capfd):
     assert synthetic_warm_start("cpu", rounds=1) == built
     assert built.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert [p.name for p in built.parent.parent.iterdir()] == [built.parent.name]  # no staging folder left
+
+
+def test_the_warm_start_job_runs_one_thread_per_site_whatever_the_caller_set():
+    caller = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "8", "FEDSAR_CACHE": "/somewhere"}
+    child = one_thread_environment(caller)
+    assert child == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FEDSAR_CACHE": "/somewhere"}
+    assert caller["OMP_NUM_THREADS"] == "2"  # the caller's own environment is left as it was
 
 
 def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(capsys):
