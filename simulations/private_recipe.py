@@ -152,8 +152,8 @@ def one_thread_environment(environ: Mapping[str, str]) -> dict[str, str]:
     then add up their floats in the same order whatever the caller's ``OMP_NUM_THREADS``,
     so the cached model (and every private run started from it) is the same on every
     machine of one CPU type. Two threads per site gave another model (89.4% instead of
-    85.0% after aggregation), which would leave the recipe's published numbers
-    unreproducible."""
+    90.0% after aggregation, on one machine), which would leave the recipe's published
+    numbers unreproducible."""
     return {**environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
