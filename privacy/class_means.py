@@ -30,8 +30,9 @@ from torch.nn import functional as F
 log = logging.getLogger(__name__)
 
 HEAD_START_MODES = ("random", "class-means")
-# Of the target epsilon, spent by the release alone. 0.15 starts too noisily, 0.3 and 0.6 keep
-# as much, 0.8 leaves DP-SGD too little (BENCHMARKS.md, "The class-mean release's share of epsilon").
+# Of the target epsilon, spent by the release alone: 0.15 starts too noisily, 0.3 and 0.6
+# keep no more, 0.8 leaves DP-SGD too little (BENCHMARKS.md, "The class-mean release's
+# share of epsilon").
 CLASS_MEANS_SHARE = 0.4
 LOGIT_SCALE = 20.0  # the started head's logit for a sequence on its class's mean direction
 
