@@ -8,7 +8,9 @@ head, which reads the sequence statistics beside the pooled feature (the statist
 branch without its projection: on frozen blocks the head is linear in both either way,
 and fewer trained parameters share the clipping bound and the noise), with the optimizer
 state kept across rounds, one head per label group, and every head started from the
-site's class means (one more Gaussian release, :mod:`privacy.class_means`). Every key is
+site's class means (one more Gaussian release, :mod:`privacy.class_means`); a site that
+augments its sequences trains on four augmented copies of each, averaged before DP-SGD
+clips, drawn from 32 views per sequence computed once. Every key is
 an ordinary run-config key: options given on the command line or with ``--set``
 override the recipe's, and a deployed coordinator gets the same run by putting the keys
 in its run config.
@@ -46,6 +48,10 @@ RECIPE_KEYS: dict[str, Any] = {
     "keep-optimizer-state": True,
     "dp-accountant": "prv",
     "head-start": "class-means",
+    # for the sites that augment (others train on one copy): four copies of each sequence
+    # averaged before clipping, drawn from 32 views computed once on the frozen blocks
+    "augment-multiplicity": 4,
+    "augment-pool": 32,
 }
 
 

@@ -157,7 +157,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         for site in scenario.sites:
             check_copies_augmented(run_recipe, site.recipe, f"site {site.name}")
         some_site_augments = any(recipe_augments({**run_recipe, **site.recipe}) for site in scenario.sites)
-        if settings.augment_multiplicity > 1 and not some_site_augments:
+        # the recipe's copies are for whichever sites augment: inert where none does
+        copies_from_recipe = args.private_recipe and "augment-multiplicity" not in explicit
+        if settings.augment_multiplicity > 1 and not some_site_augments and not copies_from_recipe:
             raise UserError(f"run config: augment-multiplicity = {settings.augment_multiplicity} is for the sites "
                             f"that augment, and no site of scenario {scenario.name!r} does: set augment-rotate "
                             f"or augment-scale too")

@@ -54,6 +54,25 @@ def test_the_recipe_fills_every_key_and_freezes_every_block(tmp_path):
     assert json.loads(settings.extra["model-overrides"]) == {"statistics": True, "statistics_projection": False}
     assert settings.extra["dp-accountant"] == "prv" and settings.head_start == "class-means"
     assert Path(settings.extra["initial-model"]) == model
+    # copies for the sites that augment; no site of the tiny scenario does, and the run is not refused
+    assert (settings.augment_multiplicity, settings.augment_pool) == (4, 32)
+
+
+def test_copies_asked_for_explicitly_are_still_refused_where_no_site_augments(tmp_path):
+    _cached_model()
+    with pytest.raises(UserError, match="augment-multiplicity = 4 is for the sites that augment, and no site"):
+        settings_from_args(parse("--set", "augment-multiplicity=4"), "fsar", tmp_path / "run")
+
+
+def test_under_the_recipe_only_a_site_that_augments_trains_on_pooled_copies(tmp_path):
+    from client.site import round_train_config
+
+    _cached_model()
+    config = settings_from_args(parse(), "fsar", tmp_path / "run").to_run_config()
+    augmenting = round_train_config(config, seed=1, site_recipe={"augment-rotate": 60.0})
+    plain = round_train_config(config, seed=1, site_recipe={})
+    assert (augmenting.augment_multiplicity, augmenting.augment_pool) == (4, 32)
+    assert plain.augment_multiplicity == 1 and not plain.augmentation.active
 
 
 def test_options_given_explicitly_win_over_the_recipe(tmp_path):
@@ -129,6 +148,7 @@ def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(ca
     settings = RunSettings.from_run_config({**keys, "scenario": str(TINY)})
     assert (settings.frozen_blocks, settings.batch_size, settings.keep_optimizer_state) == (4, 128, True)
     assert settings.head_start == "class-means"
+    assert (keys["augment-multiplicity"], keys["augment-pool"]) == (4, 32)
 
 
 def test_the_printed_keys_of_a_scenario_the_warm_start_does_not_fit_are_refused(capsys):
