@@ -17,7 +17,8 @@ in its run config.
 
 The synthetic warm start is built once (the default synthetic job, seed 0, one thread per
 site whatever the caller's ``OMP_NUM_THREADS``) and cached in
-``$FEDSAR_CACHE`` (else ``$XDG_CACHE_HOME/fedsar``, else ``~/.cache/fedsar``), under a
+``$FEDSAR_CACHE_DIR`` (else ``$XDG_CACHE_HOME/fedsar``, else ``~/.cache/fedsar``; the
+folder of :func:`skeletons.cache.cache_dir`), under a
 name that changes with the synthetic scenario's model and layout.
 """
 
@@ -96,14 +97,6 @@ def _as_object(overrides: Any) -> dict[str, Any]:
     return dict(overrides)
 
 
-def cache_root() -> Path:
-    """Where fedsar keeps what it builds once per machine."""
-    if os.environ.get("FEDSAR_CACHE"):
-        return Path(os.environ["FEDSAR_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fedsar"
-
-
 def synthetic_model_tag() -> str:
     """A short digest of the synthetic scenario's model and layout: a cached warm start of
     another model is not reused."""
@@ -124,7 +117,9 @@ def synthetic_warm_start(device: str = "auto", rounds: int | None = None) -> Pat
     Built by a child process running the default synthetic job into a temporary folder
     that is renamed into place only when the job succeeded, so that an interrupted build
     leaves nothing half-written to be reused. ``rounds`` shortens the job (tests)."""
-    final = cache_root() / "warm-start" / (f"synthetic-{synthetic_model_tag()}" + (f"-r{rounds}" if rounds else ""))
+    from skeletons.cache import cache_dir
+
+    final = cache_dir() / "warm-start" / (f"synthetic-{synthetic_model_tag()}" + (f"-r{rounds}" if rounds else ""))
     model = final / "global.npz"
     if model.is_file():
         return model

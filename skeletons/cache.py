@@ -1,8 +1,8 @@
 """On-disk cache of parsed data sets and of preprocessed model input.
 
 Parsing thousands of text files and preprocessing them takes seconds each time; a
-benchmark or a site restarts often. Entries live in ``$FEDSAR_CACHE_DIR`` (default
-``~/.cache/fedsar``) as ``.npz`` files without pickle, written atomically. An entry's key
+benchmark or a site restarts often. Entries live in :func:`cache_dir` (``$FEDSAR_CACHE_DIR``,
+default ``~/.cache/fedsar``) as ``.npz`` files without pickle, written atomically. An entry's key
 covers the data set name, the loader options, the preprocessing config, a fingerprint of
 the source files (relative path, size and modification time of every file under the
 data set's folder) and of the reading and preprocessing code, so any change to the data
@@ -36,9 +36,15 @@ _CODE_FILES = ("layouts.py", "sample.py", "preprocess.py", "datasets.py", "cache
 
 
 def cache_dir() -> Path:
-    """``$FEDSAR_CACHE_DIR`` if set, else ``~/.cache/fedsar``."""
-    env = os.environ.get("FEDSAR_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedsar"
+    """The one folder where fedsar keeps what it builds once per machine (these entries
+    and the private recipe's warm start): ``$FEDSAR_CACHE_DIR``, else ``$FEDSAR_CACHE``
+    (its older name, once read by the warm start alone), else
+    ``$XDG_CACHE_HOME/fedsar``, else ``~/.cache/fedsar``."""
+    env = os.environ.get("FEDSAR_CACHE_DIR") or os.environ.get("FEDSAR_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "fedsar"
 
 
 def source_fingerprint(root: str | Path) -> str:

@@ -10,9 +10,10 @@ import pytest
 
 from server.federation import initial_arrays, model_config_for
 from server.settings import RunSettings
-from simulations.private_recipe import cache_root, one_thread_environment, synthetic_model_tag, synthetic_warm_start
+from simulations.private_recipe import one_thread_environment, synthetic_model_tag, synthetic_warm_start
 from simulations.run import add_arguments, settings_from_args
 from skeletons.atomic import write_arrays
+from skeletons.cache import cache_dir
 from skeletons.clikit import UserError
 from skeletons.scenario import load_scenario
 from models.roles import parameter_kind
@@ -34,7 +35,7 @@ def _cached_model(drop: str | None = None) -> Path:
     settings = RunSettings.from_run_config({**scenario.defaults, "scenario": str(TINY)})
     config = model_config_for(scenario, settings.model_preset, {"statistics": True})
     arrays = initial_arrays(scenario, settings, config, client_policy("fsar", scenario.shared_label_set))
-    path = cache_root() / "warm-start" / f"synthetic-{synthetic_model_tag()}" / "global.npz"
+    path = cache_dir() / "warm-start" / f"synthetic-{synthetic_model_tag()}" / "global.npz"
     path.parent.mkdir(parents=True)
     write_arrays(path, {k: v.numpy() + 1.0 for k, v in arrays.items() if k != drop})
     return path
@@ -42,7 +43,19 @@ def _cached_model(drop: str | None = None) -> Path:
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDSAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDSAR_CACHE", raising=False)
+    monkeypatch.setenv("FEDSAR_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_one_cache_folder_for_data_and_warm_start_with_the_older_name_still_read(tmp_path, monkeypatch):
+    assert cache_dir() == tmp_path / "cache"  # the fixture's FEDSAR_CACHE_DIR
+    monkeypatch.setenv("FEDSAR_CACHE", str(tmp_path / "old"))
+    assert cache_dir() == tmp_path / "cache"  # the documented name wins
+    monkeypatch.delenv("FEDSAR_CACHE_DIR")
+    assert cache_dir() == tmp_path / "old"
+    monkeypatch.delenv("FEDSAR_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "fedsar"
 
 
 def test_the_recipe_fills_every_key_and_freezes_every_block(tmp_path):
