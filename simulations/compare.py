@@ -1,16 +1,24 @@
-"""``fedsar-sim compare``: several strategies (and seeds) on one scenario, side by side.
+"""``fedsar-sim compare``: several strategies (and seeds, and privacy levels) on one
+scenario, side by side.
 
-Writes ``OUT/<strategy>-seed<k>/results.json`` per run, ``OUT/comparison.md`` (per-site
-and mean top-1, mean and spread over seeds, uplink per round, simulation overhead; with
-several seeds, each strategy's paired difference from the first one listed),
-``OUT/comparison.json`` and ``OUT/accuracy.png`` (mean site accuracy per round).
+Writes ``OUT/<strategy>-seed<k>/results.json`` per run (``<strategy>-eps<e>-seed<k>`` and
+``<strategy>-nodp-seed<k>`` with ``--epsilons``), ``OUT/comparison.md`` (per-site and
+mean top-1, mean and spread over seeds, uplink per round, simulation overhead; with
+several seeds, each strategy's paired difference from the first one listed at the same
+privacy level and, with ``--epsilons`` that include ``inf``, each private run's cost
+against the same strategy without DP; the epsilon each site spent),
+``OUT/comparison.json`` and ``OUT/accuracy.png`` (mean site accuracy per round). A run
+whose folder already holds a complete ``results.json`` with the same settings is read
+back instead of run again, so an interrupted sweep picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     parser.add_argument("--strategies", default="fsar,fedavg,local", help=f"comma-separated from {','.join(STRATEGY_NAMES)}")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
-    parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--epsilons", default=None,
+                        help="comma-separated DP-SGD targets, inf for a run without DP (e.g. 1,3,8,inf); "
+                             "each strategy runs at each, with --dp-delta and --dp-max-grad-norm")
+    parser.add_argument("--out", default="runs/compare",
+                        help="folder of the runs and tables; a run already completed there with the same "
+                             "settings is read back, not run again")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,28 +48,107 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in strategies if s not in STRATEGY_NAMES]
     if bad:
         raise UserError(f"--strategies: unknown {', '.join(bad)}; choose from {', '.join(STRATEGY_NAMES)}")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    epsilons = parse_epsilons(args.epsilons) if args.epsilons else [None]
+    if args.epsilons and (args.dp_epsilon is not None or args.dp_noise_multiplier is not None):
+        raise UserError("--epsilons sets each run's DP-SGD target: leave out --dp-epsilon and --dp-noise-multiplier")
     out = Path(args.out)
-    runs: dict[str, list[dict[str, Any]]] = {}
+    plan = []  # every run's settings first, so that a bad combination fails before hours of runs
     for strategy in strategies:
-        for seed in seeds:
-            args.seed = seed
-            run_dir = out / f"{strategy}-seed{seed}"
-            settings = strategy_settings(args, strategy, run_dir)
-            print(f"== {strategy}, seed {seed}", flush=True)
-            runs.setdefault(strategy, []).append(simulate(scenario_for_engine(args, settings), settings))
+        for epsilon in epsilons:
+            for seed in seeds:
+                run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+                if epsilon is not None:
+                    run_args.dp_epsilon = epsilon
+                run_dir = out / f"{variant_folder(strategy, epsilon)}-seed{seed}"
+                plan.append((variant_name(strategy, epsilon), run_args, run_dir,
+                             strategy_settings(run_args, strategy, run_dir)))
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, run_args, run_dir, settings in plan:
+        done = finished_run(run_dir, settings.to_run_config())
+        print(f"== {name}, seed {run_args.seed}" + (f" (read back from {run_dir})" if done else ""), flush=True)
+        result = done or simulate(scenario_for_engine(run_args, settings), settings)
+        runs.setdefault(name, []).append(result)
     summary = summarize_runs(runs)
-    differences = paired_differences(runs, strategies[0])
-    write_json(out / "comparison.json", {**summary, "paired_differences": differences} if differences else summary)
+    reference = {variant_name(s, e): variant_name(strategies[0], e) for s in strategies[1:] for e in epsilons}
+    differences = paired_against(runs, reference)
+    private = [e for e in epsilons if e not in (None, "inf")]
+    costs = paired_against(runs, {variant_name(s, e): variant_name(s, "inf") for s in strategies for e in private}
+                           if "inf" in epsilons else {})
+    report: dict[str, Any] = dict(summary)
+    report.update({"paired_differences": differences} if differences else {})
+    report.update({"privacy_costs": costs} if costs else {})
+    write_json(out / "comparison.json", report)
     table = comparison_table(summary)
     if differences:
-        table += "\n\n" + differences_table(differences, strategies[0])
+        at_level = " at the same privacy level" if args.epsilons else ""
+        table += "\n\n" + differences_table(differences, strategies[0] + at_level)
+    if costs:
+        table += "\n\n" + differences_table(costs, "the same strategy without DP")
+    spent = privacy_table(runs)
+    if spent:
+        table += "\n\n" + spent
     (out / "comparison.md").write_text(table + "\n")
     plot_rounds(runs, out / "accuracy.png")
     print()
     print(table)
     print(f"\nwrote {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'accuracy.png'}")
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise UserError(f"--seeds {text!r}: expected comma-separated integers")
+    return seeds
+
+
+def parse_epsilons(text: str) -> list[str]:
+    """``--epsilons`` as the text each run's ``dp-epsilon`` gets: positive numbers, and
+    ``inf`` for the run without DP (where DP-SGD, and with it clipping, is off)."""
+    out: list[str] = []
+    for item in (t.strip().lower() for t in text.split(",")):
+        if item in ("inf", "+inf", "infinity", "none", "off"):
+            out.append("inf")
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--epsilons: {item!r} is not a positive number or inf")
+        out.append(f"{value:g}")
+    if len(set(out)) != len(out):
+        raise UserError(f"--epsilons {text!r} names a level twice")
+    return out
+
+
+def variant_name(strategy: str, epsilon: str | None) -> str:
+    """How a strategy at one privacy level is named in the tables."""
+    if epsilon is None:
+        return strategy
+    return f"{strategy}, no DP" if epsilon == "inf" else f"{strategy}, epsilon {epsilon}"
+
+
+def variant_folder(strategy: str, epsilon: str | None) -> str:
+    if epsilon is None:
+        return strategy
+    return f"{strategy}-nodp" if epsilon == "inf" else f"{strategy}-eps{epsilon}"
+
+
+def finished_run(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The results of a run already completed in ``run_dir`` with these settings, or None
+    (no results, an unfinished or unreadable file, or other settings: run it again)."""
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = results.get("settings") == json.loads(json.dumps(dict(run_config)))
+    return results if results.get("complete") and same else None
 
 
 def strategy_settings(args: argparse.Namespace, strategy: str, run_dir: Path) -> RunSettings:
@@ -122,22 +214,27 @@ EVALUATIONS = (("global + personal", "mean_accuracy"), ("after local training", 
 
 
 def paired_differences(runs: dict[str, list[dict[str, Any]]], reference: str) -> dict[str, Any]:
-    """Each other strategy minus ``reference`` in mean site top-1, seed by seed, for both
-    evaluations. A seed fixes the data splits and initial models for every strategy, so
-    pairing by seed takes the spread between seeds out of the comparison. Per pair: the
-    differences, their mean, a 95% t-interval (two or more seeds) and the seeds ahead.
-    Empty when no strategy shares two seeds with ``reference``."""
+    """Each other strategy minus ``reference``: :func:`paired_against` with one reference."""
+    return paired_against(runs, {name: reference for name in runs if name != reference})
+
+
+def paired_against(runs: dict[str, list[dict[str, Any]]], references: Mapping[str, str]) -> dict[str, Any]:
+    """Each run name of ``references`` minus its reference in mean site top-1, seed by
+    seed, for both evaluations. A seed fixes the data splits and initial models for every
+    strategy, so pairing by seed takes the spread between seeds out of the comparison. Per
+    pair: the differences, their mean, a 95% t-interval (two or more seeds) and the seeds
+    ahead. Empty when no pair shares two seeds."""
     from scipy import stats
 
     def by_seed(results: list[dict[str, Any]], key: str) -> dict[int, float]:
         return {int(r["settings"]["seed"]): r["final"][key] for r in results if r["final"].get(key) is not None}
 
     out: dict[str, Any] = {}
-    for strategy, results in runs.items():
-        if strategy == reference:
+    for strategy, reference in references.items():
+        if strategy not in runs or reference not in runs:
             continue
         for label, key in EVALUATIONS:
-            mine, theirs = by_seed(results, key), by_seed(runs[reference], key)
+            mine, theirs = by_seed(runs[strategy], key), by_seed(runs[reference], key)
             seeds = sorted(set(mine) & set(theirs))
             if len(seeds) < 2:
                 continue
@@ -162,6 +259,19 @@ def differences_table(differences: dict[str, Any], reference: str) -> str:
             lines.append(f"| {strategy} | {label} | {per_seed} | **{100 * d['mean']:+.1f}** | "
                          f"{100 * low:+.1f} to {100 * high:+.1f} | {d['ahead']} of {len(d['seeds'])} |")
     return "\n".join(lines)
+
+
+def privacy_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown rows of the epsilon each site ended at and the rounds it declined, for the
+    runs with DP-SGD; empty when none had it."""
+    lines = ["| run | epsilon spent by a site (lowest to highest) | rounds declined |", "|---|---:|---:|"]
+    for name, results in runs.items():
+        sites = [site for r in results for site in ((r.get("privacy") or {}).get("sites") or {}).values()]
+        spent = [float(site["epsilon"]) for site in sites if site.get("dp") and site.get("epsilon") is not None]
+        if spent:
+            declined = sum(int(site.get("declined_rounds") or 0) for site in sites)
+            lines.append(f"| {name} | {min(spent):.3f} to {max(spent):.3f} | {declined} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _fmt(stat: dict[str, float] | None) -> str:

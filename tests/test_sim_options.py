@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,107 @@ def test_comparison_pairs_strategies_by_seed():
     table = differences_table(diffs, "fsar")
     assert "| fedavg | global + personal | +10.0, +10.0, -10.0 | **+3.3** | -25.4 to +32.0 | 2 of 3 |" in table
     assert paired_differences({"fsar": runs["fsar"][:1], "fedavg": runs["fedavg"][:1]}, "fsar") == {}
+
+
+def _private_result(seed: int, mean: float, epsilons: list[float] | None) -> dict:
+    result = _result(seed, mean, mean)
+    if epsilons is not None:
+        result["privacy"] = {"sites": {f"s{i}": {"epsilon": e, "dp": 1.0, "declined_rounds": i}
+                                       for i, e in enumerate(epsilons)}}
+    return result
+
+
+def test_epsilons_parse_to_dp_epsilon_texts_and_bad_levels_are_named():
+    from simulations.compare import parse_epsilons, variant_folder, variant_name
+
+    assert parse_epsilons("1, 3,8.0,INF") == ["1", "3", "8", "inf"]
+    for bad in ("0", "-1", "eight", "nan", "8,8"):
+        with pytest.raises(UserError, match="--epsilons"):
+            parse_epsilons(bad)
+    assert variant_name("fsar", "8") == "fsar, epsilon 8" and variant_folder("fsar", "8") == "fsar-eps8"
+    assert variant_name("fsar", "inf") == "fsar, no DP" and variant_folder("fsar", "inf") == "fsar-nodp"
+    assert variant_name("fsar", None) == variant_folder("fsar", None) == "fsar"  # without --epsilons, as before
+    from simulations.compare import parse_seeds
+
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in (",", "0,one"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_privacy_cost_pairs_each_private_run_with_its_own_strategy_without_dp():
+    from simulations.compare import paired_against, privacy_table
+
+    runs = {
+        "fsar, epsilon 8": [_private_result(0, 0.50, [7.9, 8.0]), _private_result(1, 0.56, [7.95, 7.99])],
+        "fsar, no DP": [_private_result(0, 0.60, None), _private_result(1, 0.62, None)],
+        "fedavg, epsilon 8": [_private_result(0, 0.40, [7.5, 8.0]), _private_result(1, 0.41, [8.0, 8.0])],
+        "fedavg, no DP": [_private_result(0, 0.70, None), _private_result(1, 0.72, None)],
+    }
+    costs = paired_against(runs, {"fsar, epsilon 8": "fsar, no DP", "fedavg, epsilon 8": "fedavg, no DP"})
+    assert costs["fsar, epsilon 8"]["global + personal"]["differences"] == pytest.approx([-0.10, -0.06])
+    assert costs["fedavg, epsilon 8"]["global + personal"]["differences"] == pytest.approx([-0.30, -0.31])
+    table = privacy_table(runs)
+    assert "| fsar, epsilon 8 | 7.900 to 8.000 | 2 |" in table
+    assert "| fedavg, epsilon 8 | 7.500 to 8.000 | 2 |" in table
+    assert "no DP" not in table
+    assert privacy_table({"fsar": [_private_result(0, 0.5, None)]}) == ""
+
+
+def test_a_finished_run_is_read_back_only_when_complete_with_the_same_settings(tmp_path):
+    from simulations.compare import finished_run
+
+    settings = {"seed": 0, "dp-epsilon": "8", "learning-rate": 0.005}
+    path = tmp_path / "results.json"
+    assert finished_run(tmp_path, settings) is None  # nothing there
+    path.write_text(json.dumps({"settings": settings, "complete": False}))
+    assert finished_run(tmp_path, settings) is None  # interrupted
+    path.write_text(json.dumps({"settings": settings, "complete": True, "final": {}}))
+    assert finished_run(tmp_path, settings)["complete"] is True
+    assert finished_run(tmp_path, {**settings, "dp-epsilon": "3"}) is None  # other settings
+    path.write_text('{"settings": ')
+    assert finished_run(tmp_path, settings) is None  # unreadable
+
+
+def test_epsilons_refuse_a_fixed_epsilon_or_noise_beside_them(tmp_path):
+    from simulations.compare import add_arguments, run
+
+    for extra in (["--dp-epsilon", "8"], ["--dp-noise-multiplier", "1.0"]):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        args = parser.parse_args(["--scenario", str(TINY), "--epsilons", "8,inf", "--out", str(tmp_path), *extra])
+        with pytest.raises(UserError, match="--epsilons sets each run's DP-SGD target"):
+            run(args)
+
+
+@pytest.mark.slow
+def test_compare_over_epsilons_runs_each_level_writes_the_cost_and_resumes(tmp_path, capsys):
+    """fedavg at epsilon 8 and without DP, two seeds, on Flower's simulation engine: the
+    private runs spend at most their target, the no-DP runs none, the table pairs each
+    private run with the no-DP run of its seed; a second call reads every run back."""
+    from simulations.cli import main
+
+    scenario = Path(__file__).parent / "scenarios" / "privacy-tiny.toml"
+    argv = ["compare", "--scenario", str(scenario), "--device", "cpu", "--strategies", "fedavg",
+            "--epsilons", "8,inf", "--seeds", "0,1", "--rounds", "1", "--dp-delta", "1e-5",
+            "--dp-max-grad-norm", "1.0", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert set(report) >= {"fedavg, epsilon 8", "fedavg, no DP", "privacy_costs"}
+    cost = report["privacy_costs"]["fedavg, epsilon 8"]["global + personal"]
+    assert cost["seeds"] == [0, 1] and len(cost["differences"]) == 2
+    for seed in (0, 1):
+        private = json.loads((tmp_path / f"fedavg-eps8-seed{seed}" / "results.json").read_text())
+        plain = json.loads((tmp_path / f"fedavg-nodp-seed{seed}" / "results.json").read_text())
+        assert private["settings"]["dp-epsilon"] == "8" and plain["settings"]["dp-epsilon"] == "inf"
+        assert all(0 < s["epsilon"] <= 8.0 and s["dp"] for s in private["privacy"]["sites"].values())
+        assert not any(s.get("dp") for s in (plain["privacy"].get("sites") or {}).values())
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| strategy minus the same strategy without DP |" in table
+    assert "| fedavg, epsilon 8 | global + personal |" in table
+    assert "| fedavg, epsilon 8 | " in table.split("epsilon spent by a site")[1]
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("(read back from") == 4
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")} == stamps
