@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     costs = paired_against(runs, {variant_name(s, e): variant_name(s, "inf") for s in strategies for e in private}
                            if "inf" in epsilons else {})
     report: dict[str, Any] = dict(summary)
-    report.update({"paired_differences": differences} if differences else {})
-    report.update({"privacy_costs": costs} if costs else {})
+    if differences:
+        report["paired_differences"] = differences
+    if costs:
+        report["privacy_costs"] = costs
     write_json(out / "comparison.json", report)
     table = comparison_table(summary)
     if differences:
@@ -108,19 +109,21 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_epsilons(text: str) -> list[str]:
     """``--epsilons`` as the text each run's ``dp-epsilon`` gets: positive numbers, and
-    ``inf`` for the run without DP (where DP-SGD, and with it clipping, is off)."""
+    ``inf`` for the run without DP (where DP-SGD, and with it clipping, is off). Each
+    level is read and checked as the sites read ``dp-epsilon``."""
+    from privacy.dp import DPSettings, parse_dp_keys
+
     out: list[str] = []
-    for item in (t.strip().lower() for t in text.split(",")):
-        if item in ("inf", "+inf", "infinity", "none", "off"):
-            out.append("inf")
-            continue
+    for item in (t.strip() for t in text.split(",") if t.strip()):
         try:
-            value = float(item)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"--epsilons: {item!r} is not a positive number or inf")
-        out.append(f"{value:g}")
+            epsilon = parse_dp_keys({"dp-epsilon": item}, "--epsilons")["epsilon"]
+        except ValueError as err:  # names --epsilons itself
+            raise UserError(str(err)) from None
+        try:
+            DPSettings(epsilon=epsilon)
+        except ValueError as err:
+            raise UserError(f"--epsilons: {err}") from None
+        out.append("inf" if epsilon is None else f"{epsilon:g}")
     if len(set(out)) != len(out):
         raise UserError(f"--epsilons {text!r} names a level twice")
     return out
