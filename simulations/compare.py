@@ -6,7 +6,8 @@ Writes ``OUT/<strategy>-seed<k>/results.json`` per run (``<strategy>-eps<e>-seed
 mean top-1, mean and spread over seeds, uplink per round, simulation overhead; with
 several seeds, each strategy's paired difference from the first one listed at the same
 privacy level and, with ``--epsilons`` that include ``inf``, each private run's cost
-against the same strategy without DP; the epsilon each site spent),
+against the same strategy without DP and the seeds within ``--privacy-goal`` points of
+it; the epsilon each site spent),
 ``OUT/comparison.json`` and ``OUT/accuracy.png`` (mean site accuracy per round). A run
 whose folder already holds a complete ``results.json`` with the same settings is read
 back instead of run again, so an interrupted sweep picks up where it stopped.
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilons", default=None,
                         help="comma-separated DP-SGD targets, inf for a run without DP (e.g. 1,3,8,inf); "
                              "each strategy runs at each, with --dp-delta and --dp-max-grad-norm")
+    parser.add_argument("--privacy-goal", type=float, default=10.0, metavar="POINTS",
+                        help="with --epsilons: count the seeds whose private run is within POINTS of "
+                             "top-1 of the same strategy without DP (default 10)")
     parser.add_argument("--out", default="runs/compare",
                         help="folder of the runs and tables; a run already completed there with the same "
                              "settings is read back, not run again")
@@ -51,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     epsilons = parse_epsilons(args.epsilons) if args.epsilons else [None]
     if args.epsilons and (args.dp_epsilon is not None or args.dp_noise_multiplier is not None):
         raise UserError("--epsilons sets each run's DP-SGD target: leave out --dp-epsilon and --dp-noise-multiplier")
+    if not args.privacy_goal > 0:
+        raise UserError(f"--privacy-goal must be a positive number of points, not {args.privacy_goal:g}")
     out = Path(args.out)
     plan = []  # every run's settings first, so that a bad combination fails before hours of runs
     for strategy in strategies:
@@ -78,14 +84,16 @@ def run(args: argparse.Namespace) -> int:
     if differences:
         report["paired_differences"] = differences
     if costs:
+        count_within(costs, args.privacy_goal / 100)
         report["privacy_costs"] = costs
+        report["privacy_goal_points"] = args.privacy_goal
     write_json(out / "comparison.json", report)
     table = comparison_table(summary)
     if differences:
         at_level = " at the same privacy level" if args.epsilons else ""
         table += "\n\n" + differences_table(differences, strategies[0] + at_level)
     if costs:
-        table += "\n\n" + differences_table(costs, "the same strategy without DP")
+        table += "\n\n" + differences_table(costs, "the same strategy without DP", goal_points=args.privacy_goal)
     spent = privacy_table(runs)
     if spent:
         table += "\n\n" + spent
@@ -251,16 +259,31 @@ def paired_against(runs: dict[str, list[dict[str, Any]]], references: Mapping[st
     return out
 
 
-def differences_table(differences: dict[str, Any], reference: str) -> str:
-    """Markdown rows of :func:`paired_differences`, in points of mean site top-1."""
-    lines = [f"| strategy minus {reference} | evaluated | per seed | mean | 95% interval | ahead in |",
-             "|---|---|---|---:|---|---:|"]
+def count_within(costs: dict[str, Any], goal: float) -> None:
+    """Add to each pair of :func:`paired_against` the seeds whose cost is at most ``goal``
+    (a fraction of top-1) and whether the whole 95% interval is: the privacy target is
+    stated as "within so many points of the run without DP"."""
+    for views in costs.values():
+        for d in views.values():
+            d["within_goal"] = sum(x >= -goal - 1e-9 for x in d["differences"])  # 1e-9: float rounding
+            d["interval_within_goal"] = d["ci95"][0] >= -goal - 1e-9
+
+
+def differences_table(differences: dict[str, Any], reference: str, goal_points: float | None = None) -> str:
+    """Markdown rows of :func:`paired_differences`, in points of mean site top-1; with
+    ``goal_points`` (pairs that went through :func:`count_within`), the seeds within it."""
+    goal = f" within {goal_points:g} points in |" if goal_points is not None else ""
+    lines = [f"| strategy minus {reference} | evaluated | per seed | mean | 95% interval | ahead in |{goal}",
+             "|---|---|---|---:|---|---:|" + ("---:|" if goal else "")]
     for strategy, views in differences.items():
         for label, d in views.items():
             per_seed = ", ".join(f"{100 * x:+.1f}" for x in d["differences"])
             low, high = d["ci95"]
-            lines.append(f"| {strategy} | {label} | {per_seed} | **{100 * d['mean']:+.1f}** | "
-                         f"{100 * low:+.1f} to {100 * high:+.1f} | {d['ahead']} of {len(d['seeds'])} |")
+            row = (f"| {strategy} | {label} | {per_seed} | **{100 * d['mean']:+.1f}** | "
+                   f"{100 * low:+.1f} to {100 * high:+.1f} | {d['ahead']} of {len(d['seeds'])} |")
+            if goal:
+                row += f" {d['within_goal']} of {len(d['seeds'])} |"
+            lines.append(row)
     return "\n".join(lines)
 
 

@@ -135,7 +135,7 @@ def test_epsilons_parse_to_dp_epsilon_texts_and_bad_levels_are_named():
 
 
 def test_privacy_cost_pairs_each_private_run_with_its_own_strategy_without_dp():
-    from simulations.compare import paired_against, privacy_table
+    from simulations.compare import count_within, paired_against, privacy_table
 
     runs = {
         "fsar, epsilon 8": [_private_result(0, 0.50, [7.9, 8.0]), _private_result(1, 0.56, [7.95, 7.99])],
@@ -146,6 +146,19 @@ def test_privacy_cost_pairs_each_private_run_with_its_own_strategy_without_dp():
     costs = paired_against(runs, {"fsar, epsilon 8": "fsar, no DP", "fedavg, epsilon 8": "fedavg, no DP"})
     assert costs["fsar, epsilon 8"]["global + personal"]["differences"] == pytest.approx([-0.10, -0.06])
     assert costs["fedavg, epsilon 8"]["global + personal"]["differences"] == pytest.approx([-0.30, -0.31])
+    count_within(costs, 0.08)
+    fsar = costs["fsar, epsilon 8"]["global + personal"]
+    assert fsar["within_goal"] == 1 and not fsar["interval_within_goal"]  # -10 misses 8 points, -6 makes it
+    count_within(costs, 0.10)  # -10.0 is within 10 points
+    assert costs["fsar, epsilon 8"]["global + personal"]["within_goal"] == 2
+    edge = {"x": {"v": {"differences": [0.7 - 0.8], "ci95": [0.7 - 0.8, 0.0]}}}  # -0.10000000000000009
+    count_within(edge, 0.10)
+    assert edge["x"]["v"]["within_goal"] == 1 and edge["x"]["v"]["interval_within_goal"]
+    assert costs["fedavg, epsilon 8"]["global + personal"]["within_goal"] == 0
+    cost_rows = differences_table(costs, "the same strategy without DP", goal_points=10)
+    assert "| ahead in | within 10 points in |" in cost_rows
+    assert "| fsar, epsilon 8 | global + personal | -10.0, -6.0 | **-8.0** |" in cost_rows
+    assert "| 0 of 2 | 2 of 2 |" in cost_rows and "| 0 of 2 | 0 of 2 |" in cost_rows
     table = privacy_table(runs)
     assert "| fsar, epsilon 8 | 7.900 to 8.000 | 2 |" in table
     assert "| fedavg, epsilon 8 | 7.500 to 8.000 | 2 |" in table
@@ -177,6 +190,10 @@ def test_epsilons_refuse_a_fixed_epsilon_or_noise_beside_them(tmp_path):
         args = parser.parse_args(["--scenario", str(TINY), "--epsilons", "8,inf", "--out", str(tmp_path), *extra])
         with pytest.raises(UserError, match="--epsilons sets each run's DP-SGD target"):
             run(args)
+    args = parser.parse_args(["--scenario", str(TINY), "--epsilons", "8,inf", "--privacy-goal", "-1",
+                              "--out", str(tmp_path)])
+    with pytest.raises(UserError, match="--privacy-goal must be a positive number of points, not -1"):
+        run(args)
 
 
 @pytest.mark.slow
@@ -202,7 +219,8 @@ def test_compare_over_epsilons_runs_each_level_writes_the_cost_and_resumes(tmp_p
         assert all(0 < s["epsilon"] <= 8.0 and s["dp"] for s in private["privacy"]["sites"].values())
         assert not any(s.get("dp") for s in (plain["privacy"].get("sites") or {}).values())
     table = (tmp_path / "comparison.md").read_text()
-    assert "| strategy minus the same strategy without DP |" in table
+    assert "| strategy minus the same strategy without DP |" in table and "| within 10 points in |" in table
+    assert report["privacy_goal_points"] == 10 and 0 <= cost["within_goal"] <= 2
     assert "| fedavg, epsilon 8 | global + personal |" in table
     assert "| fedavg, epsilon 8 | " in table.split("epsilon spent by a site")[1]
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")}
