@@ -28,5 +28,7 @@ def run(args: argparse.Namespace) -> int:
           f"{len(data.classes)} classes, {len(data.subjects)} subjects, layout {site.layout}")
     print(f"  state        {site.state_dir}")
     if site.privacy.epsilon is not None:
-        print(f"  privacy      epsilon {site.privacy.epsilon}, delta {site.privacy.delta}, ledger {site.ledger_path}")
+        bound = site.privacy.max_noise_multiplier
+        print(f"  privacy      epsilon {site.privacy.epsilon}, delta {site.privacy.delta}, ledger {site.ledger_path}"
+              + (f", declines rounds that need noise multiplier above {bound:g}" if bound is not None else ""))
     return 0

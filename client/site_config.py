@@ -29,7 +29,7 @@ KNOWN = {
     "coordinator": {"address", "ca_certificate"},
     "keys": {"private_key"},
     "data": {"dataset", "path", "layout", "options", "select", "split", "partition"},
-    "privacy": {"epsilon", "delta", "max_grad_norm", "noise_multiplier", "ledger", "anonymize",
+    "privacy": {"epsilon", "delta", "max_grad_norm", "noise_multiplier", "max_noise_multiplier", "ledger", "anonymize",
                 "anonymizer_model", "keep_ratio", "mix"},
     "node": {"executor", "runtime_port", "metrics_port", "max_wait_s"},
     "training": set(SITE_RECIPE_KEYS),
@@ -49,6 +49,7 @@ class PrivacySettings:
     delta: float = 1e-5
     max_grad_norm: float | None = None
     noise_multiplier: float | None = None
+    max_noise_multiplier: float | None = None
     ledger: Path | None = None
 
 
@@ -201,12 +202,16 @@ def load_site_config(path: str | Path) -> SiteConfig:
         delta=_get(priv, "delta", float, source, "privacy", 1e-5),
         max_grad_norm=_get(priv, "max_grad_norm", float, source, "privacy", None),
         noise_multiplier=_get(priv, "noise_multiplier", float, source, "privacy", None),
+        max_noise_multiplier=_get(priv, "max_noise_multiplier", float, source, "privacy", None),
         ledger=_path(state_dir, priv["ledger"]) if "ledger" in priv else None,
     )
     if privacy.epsilon is not None and privacy.epsilon <= 0:
         raise SiteConfigError(f"{source}: [privacy] epsilon = {privacy.epsilon} must be positive")
     if not 0 < privacy.delta < 1:
         raise SiteConfigError(f"{source}: [privacy] delta = {privacy.delta} must be in (0, 1)")
+    if privacy.max_noise_multiplier is not None and not privacy.max_noise_multiplier > 0:
+        raise SiteConfigError(f"{source}: [privacy] max_noise_multiplier = {privacy.max_noise_multiplier} "
+                              "must be positive")
 
     node = _table(raw, "node", source, required=False)
     executor = _get(node, "executor", str, source, "node", "warm")

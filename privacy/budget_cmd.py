@@ -3,7 +3,8 @@
 ``--site site.toml`` finds the ledger where the site keeps it (``[privacy] ledger`` or
 ``<state_dir>/privacy-ledger.json``); ``--ledger PATH`` reads a ledger file directly.
 ``--check`` exits with status 1 when the next round of the current plan would exceed the
-budget, so scripts can tell whether a site can still take part.
+budget, so scripts can tell whether a site can still take part in the current run (a new
+run plans afresh over what is left).
 """
 
 from __future__ import annotations
@@ -70,8 +71,12 @@ def format_summary(summary: dict[str, Any], ledger: Any) -> str:
         lines.append(f"  plan       run {plan['run']}: noise multiplier {plan['noise_multiplier']:.4f}, sample rate "
                      f"{plan['sample_rate']:.4g}, {plan['steps_per_round']} steps per round")
         nxt = summary["next_round"]
-        verdict = "within budget" if nxt["within_budget"] else "would exceed the budget: the site declines it"
+        verdict = ("within budget" if nxt["within_budget"] else
+                   f"would exceed the budget: the site declines the rest of run {plan['run']}")
         lines.append(f"  next round epsilon {nxt['epsilon_after']:.4f} ({verdict})")
+        if not nxt["within_budget"] and summary["remaining"]:
+            lines.append(f"  a new run  spreads the {summary['remaining']:.4g} left over its rounds, with as much "
+                         "noise as that takes (the site's dp-max-noise-multiplier, when set, bounds it)")
     if ledger.rounds:
         lines.append("")
         lines.append(f"  {'run':<12} {'round':>5} {'steps':>6} {'noise':>8} {'q':>8} {'epsilon':>9}  status")

@@ -57,6 +57,7 @@ RUN_KEYS = {
     "dp-delta": "delta",
     "dp-max-grad-norm": "max_grad_norm",
     "dp-noise-multiplier": "noise_multiplier",
+    "dp-max-noise-multiplier": "max_noise_multiplier",
     "dp-accountant": "accountant",
     "dp-grad-sample-mode": "grad_sample_mode",
     "dp-max-physical-batch": "max_physical_batch",
@@ -83,14 +84,18 @@ class DPSettings:
     """A site's DP-SGD settings (see :data:`RUN_KEYS` for their config names).
 
     ``epsilon`` is the target for everything the site trains (None: no target, only
-    possible together with a fixed ``noise_multiplier``); ``max_physical_batch`` bounds
-    the batches actually run through the model (0: the logical batch size).
+    possible together with a fixed ``noise_multiplier``); ``max_noise_multiplier`` makes
+    the site decline a round whose planned noise would be larger (None: no bound), so that a
+    site with little budget left declines instead of sending an update that is mostly
+    noise; ``max_physical_batch`` bounds the batches actually run through the model (0:
+    the logical batch size).
     """
 
     epsilon: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     noise_multiplier: float | None = None
+    max_noise_multiplier: float | None = None
     accountant: str = "rdp"
     grad_sample_mode: str = "hooks"
     max_physical_batch: int = 0
@@ -105,6 +110,12 @@ class DPSettings:
             raise ValueError(f"dp-max-grad-norm must be positive, got {self.max_grad_norm}")
         if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
             raise ValueError(f"dp-noise-multiplier must be positive, got {self.noise_multiplier}")
+        cap = self.max_noise_multiplier
+        if cap is not None and not (math.isfinite(cap) and cap > 0):
+            raise ValueError(f"dp-max-noise-multiplier must be positive, got {cap}")
+        if cap is not None and self.noise_multiplier is not None and self.noise_multiplier > cap:
+            raise ValueError(f"dp-noise-multiplier {self.noise_multiplier:g} is above "
+                             f"dp-max-noise-multiplier {cap:g}")
         if self.accountant not in MECHANISMS:
             raise ValueError(f"dp-accountant {self.accountant!r} unknown; choose from {', '.join(MECHANISMS)}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
@@ -141,7 +152,7 @@ def parse_dp_keys(mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
             continue
         value = mapping[key]
         try:
-            if name in ("epsilon", "noise_multiplier"):
+            if name in ("epsilon", "noise_multiplier", "max_noise_multiplier"):
                 text = str(value).strip().lower()
                 out[name] = None if text in _OFF or (name == "epsilon" and math.isinf(float(text))) else float(text)
             elif name in ("delta", "max_grad_norm"):
@@ -161,7 +172,7 @@ def site_toml_keys(site_config: Any) -> dict[str, Any]:
     """The DP keys a ``site.toml`` ``[privacy]`` table sets (see ``client.site_config``)."""
     priv = site_config.privacy
     pairs = {"dp-epsilon": priv.epsilon, "dp-delta": priv.delta, "dp-max-grad-norm": priv.max_grad_norm,
-             "dp-noise-multiplier": priv.noise_multiplier}
+             "dp-noise-multiplier": priv.noise_multiplier, "dp-max-noise-multiplier": priv.max_noise_multiplier}
     raw = site_config.raw.get("privacy", {}) if isinstance(site_config.raw, dict) else {}
     if "delta" not in raw:
         pairs.pop("dp-delta")
@@ -250,12 +261,13 @@ def plan_noise(ledger: PrivacyLedger, settings: DPSettings, *, run: str, server_
             and plan.get("steps_per_round") == steps_per_round and plan.get("target_epsilon") == settings.epsilon
             and plan.get("delta") == settings.delta)
     if same:
-        return float(plan["noise_multiplier"])
+        return _within_cap(float(plan["noise_multiplier"]), settings, ledger, int(plan.get("rounds_left", 1)))
     if planned_rounds < 1:
         raise ValueError("dp-epsilon needs the planned number of rounds: the train config lacks 'num-server-rounds'")
     rounds_left = max(1, planned_rounds - max(1, server_round) + 1)
     z = noise_for_budget(ledger.history, settings.accountant, settings.epsilon, settings.delta,
                          sample_rate, rounds_left * steps_per_round)
+    _within_cap(z, settings, ledger, rounds_left)
     ledger.plan = {
         "run": run, "from_round": int(server_round), "rounds": int(planned_rounds), "rounds_left": rounds_left,
         "steps_per_round": int(steps_per_round), "sample_rate": sample_rate, "noise_multiplier": z,
@@ -266,6 +278,18 @@ def plan_noise(ledger: PrivacyLedger, settings: DPSettings, *, run: str, server_
     log.info("privacy plan for run %s: noise multiplier %.4f for %d rounds of %d steps (q=%.4g) -> epsilon %.3f",
              run, z, rounds_left, steps_per_round, sample_rate, ledger.plan["epsilon_at_end"])
     return z
+
+
+def _within_cap(z: float, settings: DPSettings, ledger: PrivacyLedger, rounds: int) -> float:
+    """``z``, or :class:`BudgetExhausted` when it is above ``max_noise_multiplier``."""
+    cap = settings.max_noise_multiplier
+    if cap is None or z <= cap:
+        return z
+    spent = ledger.epsilon()
+    raise BudgetExhausted(
+        f"the budget left (epsilon {settings.epsilon - spent:.4g} of {settings.epsilon:g}) over {rounds} "
+        f"round{'s' if rounds != 1 else ''} needs noise multiplier {z:.4g}, above dp-max-noise-multiplier "
+        f"{cap:g}: the update would be mostly noise", spent)
 
 
 # -------------------------------------------------------------------------- training

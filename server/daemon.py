@@ -108,10 +108,20 @@ def progress_line(doc: dict[str, Any]) -> str:
     acc = last.get("mean_accuracy")
     acc_s = "-" if acc is None else f"{100 * acc:.1f}%"
     return (
-        f"round {last.get('round')}/{doc.get('num_rounds')}: {last.get('sites_ok')} sites aggregated, "
-        f"{last.get('sites_failed')} failed, mean accuracy {acc_s}, {last.get('wall_s', 0.0):.1f}s"
+        f"round {last.get('round')}/{doc.get('num_rounds')}: {last.get('sites_ok')} "
+        f"site{'' if last.get('sites_ok') == 1 else 's'} aggregated, {last.get('sites_failed')} failed or dropped, "
+        f"mean accuracy {acc_s}, {last.get('wall_s', 0.0):.1f}s"
         + (f"; dropped: {'; '.join(last['dropped'])}" if last.get("dropped") else "")
     )
+
+
+def status_of_run(doc: dict[str, Any] | None, requested_at: float) -> dict[str, Any]:
+    """The status file's document if the run it describes started after ``requested_at``
+    (when the daemon asked for the current run), else empty: until the new ServerApp
+    writes its first status the file is still the previous run's, in the same state folder."""
+    if not doc or float(doc.get("started_at") or 0.0) < requested_at:
+        return {}
+    return doc
 
 
 class Coordinator:
@@ -124,6 +134,7 @@ class Coordinator:
         self.superlink: subprocess.Popen | None = None
         self.control: Control | None = None
         self.run_id: int | None = None
+        self.run_requested_at = 0.0  # the status file is this run's once its run started after this
         self.run_status = ""
         self.enrolled: dict[str, int] = {}
         self.view: dict[str, Any] = {"up": 0.0}
@@ -286,6 +297,7 @@ class Coordinator:
         if resume:
             self.say(f"resuming after round {RoundCheckpoints(self.config.checkpoint_dir).latest_round()}")
         app = write_app(self.config, resume)
+        self.run_requested_at = time.time()
         self.run_id = self.control.start_run(app)
         self.run_status = "pending"
         self._write_daemon_file()
@@ -323,7 +335,9 @@ class Coordinator:
     def watch(self) -> bool:
         """Follow the run until it ends (or the daemon is told to stop); True on success."""
         assert self.control is not None and self.run_id is not None
-        seen_round = int((read_status(self.config.status_file) or {}).get("rounds_completed", 0))
+        # the status file may still be an earlier run's: a resumed run goes on after its rounds, a new one at 1
+        earlier = read_status(self.config.status_file) or {}
+        seen_round = int(earlier.get("rounds_completed", 0)) if self.resume else 0
         next_nodes = 0.0
         log_path = self.config.log_dir / "superlink.log"
         while not self._stopping:
@@ -338,7 +352,7 @@ class Coordinator:
             except ControlError as err:
                 log.warning("%s", err)
                 entry = None
-            doc = read_status(self.config.status_file) or {}
+            doc = status_of_run(read_status(self.config.status_file), self.run_requested_at)
             if doc.get("last_round") and doc["last_round"]["round"] > seen_round:
                 seen_round = doc["last_round"]["round"]
                 self.say(progress_line(doc))

@@ -218,6 +218,22 @@ def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
     assert "site-12                  0.5000     62.0%    52.0%" in text, text
 
 
+def test_the_daemon_reads_round_progress_only_from_the_run_it_started():
+    from server.daemon import progress_line, status_of_run
+
+    earlier = {"started_at": 100.0, "num_rounds": 3, "rounds_completed": 3,
+               "last_round": {"round": 3, "sites_ok": 2, "sites_failed": 0, "mean_accuracy": 0.5, "wall_s": 1.0}}
+    assert status_of_run(earlier, requested_at=200.0) == {}  # the previous run's file, same state folder
+    assert status_of_run(None, requested_at=200.0) == {}
+    current = {**earlier, "started_at": 201.0, "rounds_completed": 1,
+               "last_round": {**earlier["last_round"], "round": 1}}
+    assert status_of_run(current, requested_at=200.0) is current
+    assert progress_line(current).startswith("round 1/3: 2 sites aggregated, 0 failed or dropped, mean accuracy 50.0%")
+    one = {**current, "last_round": {**current["last_round"], "sites_ok": 1, "sites_failed": 1, "dropped": ["b: declined"]}}
+    assert progress_line(one).startswith("round 1/3: 1 site aggregated, 1 failed or dropped,")
+    assert progress_line(one).endswith("; dropped: b: declined")
+
+
 def test_example_federation_config_and_errors(tmp_path):
     config = load_federation_config(EXAMPLES / "federation.toml")
     assert config.name == "tiny-demo" and [s.name for s in config.sites] == ["site-a", "site-b"]

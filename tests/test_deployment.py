@@ -149,7 +149,8 @@ def test_coordinator_killed_and_resumed_matches_uninterrupted(federation):
     assert status["state"] == "completed" and status["first_round"] == 2 and status["resumed"]
     assert [r["round"] for r in status["rounds"]] == [1, 2]
     assert status["rounds"][1]["sites_ok"] == 3
-    assert "resuming after round 1" in fed.output("coordinator")
+    out = fed.output("coordinator")  # both coordinators': no round twice (the first may die before it reports round 1)
+    assert "resuming after round 1" in out and out.count("round 1/2:") <= 1 and out.count("round 2/2:") == 1
     resumed = read_arrays(fed.state / "run" / "global.npz")
     if "global" not in REFERENCE:
         pytest.skip("the uninterrupted reference run did not complete")

@@ -102,12 +102,12 @@ def test_gradients_are_clipped_per_sample_and_noised_at_the_expected_scale():
 
 # -------------------------------------------------------------- budget over rounds
 
-def run_rounds(store, settings, rounds, planned, data=None, model=None, first=1):
+def run_rounds(store, settings, rounds, planned, data=None, model=None, first=1, run="7"):
     x, y = data or tiny_data()
     model = model or tiny_model()
     out = []
     for r in range(first, first + rounds):
-        out.append(train_private(model, (x.numpy(), y.numpy()), recipe(seed=r), settings, store, site="a", run="7",
+        out.append(train_private(model, (x.numpy(), y.numpy()), recipe(seed=r), settings, store, site="a", run=run,
                                  server_round=r, planned_rounds=planned, train_fn=train, optimizer_fn=make_optimizer))
     return out
 
@@ -145,6 +145,33 @@ def test_target_epsilon_plans_noise_and_the_site_declines_past_it(tmp_path):
     after = read_ledger(path)
     assert after.steps == ledger.steps, "a declined round spends nothing"
     assert after.declined[-1]["round"] == 3 and "over the budget" in after.declined[-1]["reason"]
+
+
+def test_a_new_run_spreads_what_is_left_unless_that_needs_more_noise_than_the_site_allows(tmp_path):
+    path = tmp_path / "ledger.json"
+    run_rounds(FileStore(path), DPSettings(epsilon=4.0), rounds=2, planned=2)
+    spent = read_ledger(path)
+    capped = DPSettings(epsilon=4.0, max_noise_multiplier=10.0)
+    with pytest.raises(BudgetExhausted, match="needs noise multiplier .* above dp-max-noise-multiplier 10: "
+                                              "the update would be mostly noise"):
+        run_rounds(FileStore(path), capped, rounds=1, planned=2, run="8")
+    after = read_ledger(path)
+    assert after.steps == spent.steps and after.declined[-1]["run"] == "8"
+    # without the bound the same new run trains on what is left, with far more noise
+    run_rounds(FileStore(path), DPSettings(epsilon=4.0), rounds=1, planned=2, run="8")
+    trained = read_ledger(path)
+    assert trained.plan["run"] == "8" and trained.plan["noise_multiplier"] > 10.0
+    assert spent.epsilon() < trained.epsilon() <= 4.0
+
+
+def test_max_noise_multiplier_settings_are_checked():
+    assert DPSettings.resolve(({"dp-max-noise-multiplier": "inf"}, "run config")).max_noise_multiplier is None
+    assert DPSettings.resolve(({"dp-max-noise-multiplier": 20}, "site config")).max_noise_multiplier == 20.0
+    for bad, message in (("x", "dp-max-noise-multiplier = 'x'"), ("0", "must be positive, got 0.0")):
+        with pytest.raises(ValueError, match=message):
+            DPSettings.resolve(({"dp-max-noise-multiplier": bad}, "run config"))
+    with pytest.raises(ValueError, match="dp-noise-multiplier 30 is above dp-max-noise-multiplier 20"):
+        DPSettings(noise_multiplier=30.0, max_noise_multiplier=20.0)
 
 
 def test_noise_for_the_budget_left_respects_past_spending():

@@ -146,6 +146,11 @@ def test_budget_command_shows_and_checks_the_ledger(tmp_path, capsys):
 
     # with the site's budget of 3, one more planned round would go past it
     assert main(["budget", "--site", str(site_toml), "--check"]) == 1
-    assert "would exceed the budget" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "would exceed the budget: the site declines the rest of run run-1" in out
+    assert "a new run" not in out  # nothing left for one: it spent 6.3 before the budget of 3 was set
+    site_toml.write_text(site_toml.read_text().replace("epsilon = 3.0", "epsilon = 7.0"))
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 1  # 6.3 now, over 7 after one more round
+    assert f"a new run  spreads the {7.0 - spent:.4g} left over its rounds" in capsys.readouterr().out
     assert main(["budget", "--ledger", str(tmp_path / "none.json")]) == 2
     assert "no privacy ledger" in capsys.readouterr().err

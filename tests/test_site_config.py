@@ -65,6 +65,16 @@ def test_reads_paths_relative_to_the_file(site_dir):
     assert site.ledger_path == site_dir / "state" / "ledger.json"
     assert site.privacy.epsilon == 4.0 and site.privacy.delta == 1e-6
     assert site.layout == "kinect-v1" and site.executor == "warm" and site.data_root is None
+    assert site.privacy.max_noise_multiplier is None
+
+
+def test_the_sites_noise_bound_reaches_its_dp_settings(site_dir):
+    from privacy.dp import DPSettings, site_toml_keys
+
+    site = load_site_config(write(site_dir, SITE.replace("epsilon = 4.0", "epsilon = 4.0\nmax_noise_multiplier = 12")))
+    settings = DPSettings.resolve(({"dp-max-noise-multiplier": "50"}, "run config"),
+                                  (site_toml_keys(site), "site config"))
+    assert settings.max_noise_multiplier == 12.0 and settings.epsilon == 4.0  # the site's own wins
 
 
 def test_a_data_path_becomes_root_and_folder(site_dir):
@@ -80,6 +90,7 @@ def test_a_data_path_becomes_root_and_folder(site_dir):
         (('address = "coord.example.org:9092"', 'address = "coord.example.org"'), "address = 'coord.example.org' must be host:port"),
         (('epsilon = 4.0', 'epsilon = "four"'), "epsilon = 'four' must be a float"),
         (('epsilon = 4.0', 'epsilon = -1.0'), "epsilon = -1.0 must be positive"),
+        (('epsilon = 4.0', 'epsilon = 4.0\nmax_noise_multiplier = 0'), "max_noise_multiplier = 0.0 must be positive"),
         (('dataset = "synthetic"', 'dataset = "msr-action3d"'), "reads files: give path"),
         (('name = "clinic-1"', 'name = "clinic 1"'), "site name"),
         (('[data]', '[data]\nlayout = "kinect-v9"'), "layout 'kinect-v9'"),
@@ -93,6 +104,15 @@ def test_errors_name_the_file_and_field(site_dir, change, message):
     with pytest.raises(SiteConfigError, match=message) as err:
         load_site_config(path)
     assert str(path) in str(err.value)
+
+
+def test_check_reports_the_site_and_its_privacy_settings(site_dir, capsys):
+    path = write(site_dir, SITE.replace("epsilon = 4.0", "epsilon = 4.0\nmax_noise_multiplier = 12"))
+    assert client_main(["check", "--site", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "site clinic-1: ready" in out and "6 sequences, 3 classes, 2 subjects" in out
+    assert "privacy      epsilon 4.0, delta 1e-06" in out
+    assert "declines rounds that need noise multiplier above 12" in out
 
 
 def test_example_site_configs_load():
