@@ -33,10 +33,12 @@ def mean_trained_accuracy(train: dict[str, dict[str, float]]) -> float | None:
 
 
 def privacy_from_history(history: Iterable[Any]) -> dict[str, float]:
-    """Latest epsilon each site reported in its train metrics (if its DP code reports one)."""
+    """Latest epsilon each site reported in its train metrics (if its DP code reports one),
+    a round it declined included: its reply says what it had spent."""
     spent: dict[str, float] = {}
     for record in history:
-        for site, metrics in record.train.items():
+        replies = {**getattr(record, "declined", {}), **record.train}
+        for site, metrics in replies.items():
             if not metrics.get("privacy-dp", 1.0):
                 continue  # the site trains without differential privacy
             for key in PRIVACY_KEYS:
@@ -143,7 +145,7 @@ def format_status(doc: dict[str, Any] | None, daemon: dict[str, Any] | None, nod
         last = doc.get("last_round")
         if last:
             lines.append(
-                f"last round {last['round']}: {last['wall_s']:.1f}s, {last['sites_ok']} sites ok, {last['sites_failed']} failed, "
+                f"last round {last['round']}: {last['wall_s']:.1f}s, {last['sites_ok']} sites ok, {last['sites_failed']} failed or dropped, "
                 f"mean accuracy {_pct(last['mean_accuracy'])} (after local training "
                 f"{_pct(last.get('mean_trained_accuracy'))}), uplink {last['uplink_bytes'] / 1e6:.2f} MB"
             )

@@ -218,6 +218,20 @@ def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
     assert "site-12                  0.5000     62.0%    52.0%" in text, text
 
 
+def test_a_site_that_declines_keeps_its_epsilon_in_the_status():
+    from server.status import privacy_from_history
+    from strategies.screening import RoundRecord
+
+    dp = {"privacy-dp": 1.0, "privacy-declined": 0.0}
+    history = [
+        RoundRecord(1, train={"a": {**dp, "privacy-epsilon": 7.9}, "b": {**dp, "privacy-epsilon": 3.0},
+                              "c": {"privacy-dp": 0.0, "privacy-epsilon": 0.0}}),
+        RoundRecord(2, train={"b": {**dp, "privacy-epsilon": 4.0}},
+                    declined={"a": {**dp, "privacy-declined": 1.0, "privacy-epsilon": 7.95}}),
+    ]
+    assert privacy_from_history(history) == {"a": 7.95, "b": 4.0}  # c trains without DP
+
+
 def test_the_daemon_reads_round_progress_only_from_the_run_it_started():
     from server.daemon import progress_line, status_of_run
 
