@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -145,7 +145,8 @@ class DPSettings:
 
 def parse_dp_keys(mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The DP fields named in ``mapping`` (hyphenated keys), converted; errors name the key."""
-    kinds = {f.name: f.type for f in fields(DPSettings)}
+    kinds = {"epsilon": "number (or inf)", "noise_multiplier": "number (or off)",
+             "max_noise_multiplier": "number (or inf)", "max_physical_batch": "whole number"}
     out: dict[str, Any] = {}
     for key, name in RUN_KEYS.items():
         if key not in mapping:
@@ -164,7 +165,7 @@ def parse_dp_keys(mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
             else:
                 out[name] = str(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: {key} = {value!r} is not a valid {kinds[name]}") from None
+            raise ValueError(f"{where}: {key} = {value!r} is not a valid {kinds.get(name, 'number')}") from None
     return out
 
 

@@ -70,7 +70,26 @@ class RunSettings:
                 setattr(settings, f.name, _convert(value, type(default)))
             except (TypeError, ValueError):
                 raise ValueError(f"run config {key!r}: cannot read {value!r} as {type(default).__name__}") from None
+        settings.check_ranges()
         return settings
+
+    def check_ranges(self) -> None:
+        """Refuse values no run can use, naming the key, before any site is asked to train."""
+        bounds = [
+            ("num-server-rounds", self.num_server_rounds >= 1, "at least 1"),
+            ("local-epochs", self.local_epochs >= 0, "0 or more"),
+            ("personal-epochs", self.personal_epochs >= 0, "0 or more"),
+            ("batch-size", self.batch_size >= 1, "at least 1"),
+            ("learning-rate", self.learning_rate > 0, "positive"),
+            ("eval-every", self.eval_every >= 1, "at least 1"),
+            ("fraction-train", 0 < self.fraction_train <= 1, "in (0, 1]"),
+            ("min-sites", self.min_sites >= 0, "0 or more"),
+            ("timeout-s", self.timeout_s > 0, "positive"),
+        ]
+        for key, ok, wanted in bounds:
+            if not ok:
+                value = getattr(self, key.replace("-", "_"))
+                raise ValueError(f"run config {key!r}: {value!r} must be {wanted}")
 
     def augmentation(self) -> dict[str, Any]:
         """The run-wide ``augment-*`` keys, checked like a site's own recipe."""

@@ -36,6 +36,23 @@ def test_site_cpus_must_be_positive(tmp_path):
         scenario_for_engine(args, settings_from_args(args, "fsar", tmp_path))
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("num-server-rounds", 0, "'num-server-rounds': 0 must be at least 1"),
+    ("batch-size", 0, "'batch-size': 0 must be at least 1"),
+    ("learning-rate", "nan", "'learning-rate': nan must be positive"),
+    ("fraction-train", 1.5, r"'fraction-train': 1.5 must be in \(0, 1\]"),
+    ("local-epochs", -1, "'local-epochs': -1 must be 0 or more"),
+    ("eval-every", 0, "'eval-every': 0 must be at least 1"),
+    ("timeout-s", 0, "'timeout-s': 0.0 must be positive"),
+])
+def test_run_settings_out_of_range_are_refused_by_name(key, value, message):
+    from server.settings import RunSettings
+
+    with pytest.raises(ValueError, match=message):
+        RunSettings.from_run_config({key: value})
+    assert RunSettings.from_run_config({"num-server-rounds": 1, "local-epochs": 0}).num_server_rounds == 1
+
+
 @pytest.mark.parametrize("option,field", [("shared-blocks", "shared_blocks"), ("frozen-blocks", "frozen_blocks")])
 def test_block_depth_options_reach_the_settings_and_must_fit_the_model(tmp_path, option, field):
     assert getattr(settings_from_args(parse(f"--{option}", "2"), "fsar", tmp_path), field) == 2
