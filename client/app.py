@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,6 +45,11 @@ from privacy.central import clipping_when_requested
 from privacy.secagg import secaggplus_when_requested
 
 log = logging.getLogger(__name__)
+# Set by fedsar-sim for the sites it runs as Ray actors, which inherit its environment:
+# their Flower logger then stays as quiet as the simulation's own (no per-stage SecAgg+ lines).
+ACTOR_FLWR_LOG_LEVEL = "FEDSAR_SIM_FLWR_LOG_LEVEL"
+if os.environ.get(ACTOR_FLWR_LOG_LEVEL):
+    logging.getLogger("flwr").setLevel(os.environ[ACTOR_FLWR_LOG_LEVEL])
 
 app = ClientApp()
 

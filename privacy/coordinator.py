@@ -43,8 +43,13 @@ class CoordinatorPrivacy:
 
 
 def coordinator_privacy(strategy: Strategy, grid: Grid, run_config: Mapping[str, Any], *, num_rounds: int,
-                        num_sites: int, fraction_train: float = 1.0, out_dir: Path | None = None) -> CoordinatorPrivacy:
-    """Wrap ``strategy`` and ``grid`` as the run config's privacy keys ask; errors name the key."""
+                        num_sites: int, fraction_train: float = 1.0, out_dir: Path | None = None,
+                        resume: bool = False) -> CoordinatorPrivacy:
+    """Wrap ``strategy`` and ``grid`` as the run config's privacy keys ask; errors name the key.
+
+    The central-DP releases are recorded in ``out_dir/central-dp.json``; a resumed run
+    goes on from the record (releases made before a crash still count), a new run in the
+    same folder starts its own."""
     train_keys = run_config_keys(run_config, num_rounds)
     central = CentralDPSettings.from_run_config(run_config)
     secure = SecAggSettings.from_run_config(run_config)
@@ -57,6 +62,9 @@ def coordinator_privacy(strategy: Strategy, grid: Grid, run_config: Mapping[str,
     out = CoordinatorPrivacy(base=strategy, strategy=strategy, grid=grid, train_keys=train_keys)
     if central is not None:
         record = out_dir / "central-dp.json" if out_dir is not None else None
+        if record is not None and record.is_file() and not resume:
+            log.info("central DP: a new run; the releases in %s were an earlier run's and start afresh", record)
+            record.unlink()
         out.central = out.strategy = wrap_central_dp(strategy, central, num_sites, fraction_train, record)
         log.info("central DP: noise multiplier %g, clipping norm %g (%s side), delta %g",
                  central.noise_multiplier, central.clipping_norm, central.clipping, central.delta)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -161,6 +161,11 @@ class RoundCheckpoints:
         return Checkpoint(int(manifest["round"]), arrays, state, history_from_json(manifest.get("history", [])), manifest)
 
 
+def resumes(run_config: Mapping[str, Any]) -> bool:
+    """Whether the run config (``resume``, set by ``fedsar-server start --resume``) continues a checkpoint."""
+    return str(run_config.get("resume", "false")).lower() in ("true", "1", "yes")
+
+
 class DeploymentHooks:
     """What the deployed coordinator adds to a federated run: checkpoints, resume, status.
 
@@ -182,7 +187,7 @@ class DeploymentHooks:
         folder = str(extra.get("checkpoint-dir", "") or "")
         if not folder:
             return None
-        resume = str(extra.get("resume", "false")).lower() in ("true", "1", "yes")
+        resume = resumes(extra)
         return cls(settings, folder, resume, str(extra.get("status-file", "") or "") or None)
 
     def start(self, strategy: Any, arrays: ArrayRecord) -> tuple[int, ArrayRecord]:

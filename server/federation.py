@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 
 from models.roles import check_frozen_blocks, check_global_mix, check_shared_blocks
 from privacy.class_means import check_head_start_model
-from server.checkpoint import DeploymentHooks
+from server.checkpoint import DeploymentHooks, resumes
 from server.loop import run_rounds
 from server.settings import RunSettings
 from skeletons.atomic import write_arrays, write_json
@@ -270,6 +270,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     privacy = coordinator_privacy(
         strategy, grid, settings.extra, num_rounds=settings.num_server_rounds, num_sites=len(scenario.sites),
         fraction_train=settings.fraction_train, out_dir=out,
+        resume=resumes(settings.extra),
     )
     for key, value in privacy.train_keys.items():
         train_config[key] = value

@@ -10,6 +10,7 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
+from client.app import ACTOR_FLWR_LOG_LEVEL
 from client.app import app as client_app
 from server.app import make_server_app
 from server.settings import RunSettings
@@ -64,6 +65,8 @@ def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not log.isEnabledFor(logging.DEBUG):  # one progress line per round instead of Flower's
         logging.getLogger("flwr").setLevel(logging.WARNING)
+        # and in the sites' actors (which inherit the environment): no SecAgg+ stages or clipping notices
+        os.environ.setdefault(ACTOR_FLWR_LOG_LEVEL, "WARNING")
     notice = _WithoutRunSimulationNotice()
     logging.getLogger("flwr").addFilter(notice)
     try:

@@ -145,3 +145,20 @@ def test_run_config_and_coordinator_checks():
         coordinator_privacy(local, InProcessGrid.listing(3), {"central-dp-noise": 1.0}, num_rounds=3, num_sites=3)
     plain = coordinator_privacy(inner, InProcessGrid.listing(3), {"dp-epsilon": 8}, num_rounds=3, num_sites=3)
     assert plain.strategy is inner and plain.train_keys == {"dp-epsilon": 8, "num-server-rounds": 3}
+
+
+def test_a_resumed_run_goes_on_from_the_release_record_and_a_new_run_starts_its_own(tmp_path):
+    import json
+
+    record = {"releases": [{"round": 1, "noise_multiplier": 1.0, "contributors": 3, "epsilon": 4.2}]}
+    (tmp_path / "central-dp.json").write_text(json.dumps(record))
+
+    def wrapped_run(resume: bool):
+        inner = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=3, num_sites=3)
+        return coordinator_privacy(inner, InProcessGrid.listing(3), {"central-dp-noise": 1.0}, num_rounds=3,
+                                   num_sites=3, out_dir=tmp_path, resume=resume).central
+
+    resumed = wrapped_run(resume=True)
+    assert len(resumed.releases) == 1 and resumed.epsilon == pytest.approx(central_epsilon(1.0, 1))
+    fresh = wrapped_run(resume=False)  # e.g. fedsar-sim run again into the same --out
+    assert fresh.releases == [] and not (tmp_path / "central-dp.json").exists()

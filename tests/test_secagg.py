@@ -184,3 +184,20 @@ def test_secagg_dp_sgd_and_central_dp_in_a_simulation(tmp_path):
     assert set(privacy["sites"]) == {"a", "b", "c"}
     assert all(0 < s["epsilon"] <= 8.0 and s["dp"] == 1.0 for s in privacy["sites"].values())
     assert all(r["sites_ok"] == 3 for r in results["rounds"])
+
+
+def test_simulated_sites_keep_flowers_logger_as_quiet_as_the_simulation():
+    """fedsar-sim's actors inherit FEDSAR_SIM_FLWR_LOG_LEVEL; the ClientApp module applies
+    it, so SecAgg+'s per-stage lines stay out of the console."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import logging, client.app; print(logging.getLogger('flwr').level)"
+    env = {**os.environ, "FEDSAR_SIM_FLWR_LOG_LEVEL": "WARNING"}
+    root = Path(__file__).resolve().parents[1]
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert quiet.stdout.strip() == "30"
+    env.pop("FEDSAR_SIM_FLWR_LOG_LEVEL")
+    deployed = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert deployed.stdout.strip() != "30"  # a deployed site keeps Flower's own level
