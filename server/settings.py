@@ -6,6 +6,7 @@ The same keys appear in ``pyproject.toml`` under ``[tool.flwr.app.config]``, in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -86,6 +87,9 @@ class RunSettings:
             ("min-sites", self.min_sites >= 0, "0 or more"),
             ("timeout-s", self.timeout_s > 0, "positive"),
         ]
+        device = self.device.strip().lower()
+        bounds.append(("device", device in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", device)),
+                       "auto, cpu, cuda or cuda:N"))
         for key, ok, wanted in bounds:
             if not ok:
                 value = getattr(self, key.replace("-", "_"))

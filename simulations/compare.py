@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from server.settings import RunSettings
-from simulations.run import add_run_options, scenario_for_engine, settings_from_args
+from simulations.run import add_run_options, check_some_site_trained, scenario_for_engine, settings_from_args
 from skeletons.atomic import write_json
 from skeletons.clikit import UserError
 from strategies.registry import STRATEGY_NAMES
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         done = finished_run(run_dir, settings.to_run_config())
         print(f"== {name}, seed {run_args.seed}" + (f" (read back from {run_dir})" if done else ""), flush=True)
         result = done or simulate(scenario_for_engine(run_args, settings), settings)
+        check_some_site_trained(result)  # the next runs would fail alike
         runs.setdefault(name, []).append(result)
     summary = summarize_runs(runs)
     reference = {variant_name(s, e): variant_name(strategies[0], e) for s in strategies[1:] for e in epsilons}

@@ -148,6 +148,9 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
 
         check_run_config(config)
         settings = RunSettings.from_run_config(config)
+        from client.trainer import resolve_device
+
+        resolve_device(settings.device)  # the simulated sites run here: a device this machine lacks fails now
         # a bad model fails before the engine starts
         from server.federation import check_model_settings, model_config_for
 
@@ -207,4 +210,24 @@ def run(args: argparse.Namespace) -> int:
     results = simulate(scenario, settings)
     print()
     print(site_table(results))
+    check_some_site_trained(results)
     return 0
+
+
+def check_some_site_trained(results: dict) -> None:
+    """A :class:`UserError` with the sites' own error when no site trained in any round
+    because every reply was an error (not a decline): the run measured nothing."""
+    rounds = results.get("rounds") or []
+    errors = [d for r in rounds for d in r.get("dropped", []) if "site reported an error" in d]
+    if rounds and errors and not any(r.get("sites_ok") for r in rounds):
+        raise UserError(f"no site trained in any round; the first site error: {error_line(errors[0])} "
+                        f"(results.json lists them all)")
+
+
+def error_line(report: str) -> str:
+    """The line of a site's error report that names the exception, e.g. ``ValueError: ...``."""
+    import re
+
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception): \S", line)]
+    return named[-1] if named else (lines[-1] if lines else report)

@@ -44,6 +44,7 @@ def test_site_cpus_must_be_positive(tmp_path):
     ("local-epochs", -1, "'local-epochs': -1 must be 0 or more"),
     ("eval-every", 0, "'eval-every': 0 must be at least 1"),
     ("timeout-s", 0, "'timeout-s': 0.0 must be positive"),
+    ("device", "gpu0", "'device': 'gpu0' must be auto, cpu, cuda or cuda:N"),
 ])
 def test_run_settings_out_of_range_are_refused_by_name(key, value, message):
     from server.settings import RunSettings
@@ -51,6 +52,34 @@ def test_run_settings_out_of_range_are_refused_by_name(key, value, message):
     with pytest.raises(ValueError, match=message):
         RunSettings.from_run_config({key: value})
     assert RunSettings.from_run_config({"num-server-rounds": 1, "local-epochs": 0}).num_server_rounds == 1
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_engine_starts(tmp_path):
+    import torch
+
+    with pytest.raises(UserError, match="'device': 'tpu' must be auto, cpu, cuda or cuda:N"):
+        settings_from_args(parse("--device", "tpu"), "fsar", tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device 'cuda' requested but CUDA is not available here"):
+            settings_from_args(parse("--device", "cuda"), "fsar", tmp_path)
+    assert settings_from_args(parse("--device", "cpu"), "fsar", tmp_path).device == "cpu"
+
+
+def test_a_run_where_every_site_failed_is_an_error_naming_the_sites_error():
+    from simulations.run import check_some_site_trained
+
+    report = ("node-1: site reported an error: <class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\n"
+              "  File \"client/trainer.py\", line 148, in resolve_device\n"
+              "ValueError: device 'cuda:3' requested but CUDA is not available here\n\n"
+              "flwr.clientapp.client_app.ClientAppException: \n"
+              "Exception ClientAppException occurred. Message: device 'cuda:3' ...'>")
+    failed = {"rounds": [{"sites_ok": 0, "dropped": [report, report]}, {"sites_ok": 0, "dropped": [report]}]}
+    with pytest.raises(UserError, match="no site trained in any round; the first site error: ValueError: "
+                                        "device 'cuda:3' requested but CUDA is not available here"):
+        check_some_site_trained(failed)
+    check_some_site_trained({"rounds": [{"sites_ok": 0, "dropped": [report]}, {"sites_ok": 2, "dropped": []}]})
+    declined = "site-a: declined the round: round 3 would raise epsilon from 7.99 to 8.41, over the budget 8"
+    check_some_site_trained({"rounds": [{"sites_ok": 0, "dropped": [declined]}]})  # a decline is no failure
 
 
 @pytest.mark.parametrize("option,field", [("shared-blocks", "shared_blocks"), ("frozen-blocks", "frozen_blocks")])
