@@ -168,8 +168,8 @@ class _Accounted:
                               "noise_multiplier": float(effective)})
         epsilon = self.epsilon
         self.releases[-1]["epsilon"] = epsilon
-        log.info("round %d: central DP epsilon %.4f at delta %g after %d releases",
-                 server_round, epsilon, self.delta, len(self.releases))
+        log.info("round %d: central DP epsilon %.4f at delta %g after %d release%s",
+                 server_round, epsilon, self.delta, len(self.releases), "" if len(self.releases) == 1 else "s")
         if self.record_path is not None:
             from skeletons.atomic import write_json
 
