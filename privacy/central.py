@@ -108,11 +108,13 @@ class _Accounted:
     noise_multiplier: float
     num_sampled_clients: int
 
-    def _init_accounting(self, delta: float, record_path: Path | None) -> None:
+    def _init_accounting(self, delta: float, record_path: Path | None, resume: bool) -> None:
+        """Releases go to ``record_path``; a resumed run starts from the ones it holds
+        (made before a crash), a new run from none."""
         self.delta = delta
         self.record_path = record_path
         self.releases: list[dict[str, Any]] = []
-        if record_path is not None and record_path.is_file():
+        if resume and record_path is not None and record_path.is_file():
             import json
 
             self.releases = list(json.loads(record_path.read_text()).get("releases", []))
@@ -193,10 +195,10 @@ class CentralDPServerSide(_Accounted, DifferentialPrivacyServerSideFixedClipping
     """
 
     def __init__(self, strategy: Strategy, settings: CentralDPSettings, num_sampled: int,
-                 record_path: Path | None = None) -> None:
+                 record_path: Path | None = None, resume: bool = False) -> None:
         DifferentialPrivacyServerSideFixedClipping.__init__(
             self, strategy, settings.noise_multiplier, settings.clipping_norm, num_sampled)
-        self._init_accounting(settings.delta, record_path)
+        self._init_accounting(settings.delta, record_path, resume)
 
     def _clip_and_average(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         from flwr.app import Array
@@ -221,18 +223,19 @@ class CentralDPClientSide(_Accounted, DifferentialPrivacyClientSideFixedClipping
     """Flower's client-side fixed clipping (sites clip with ``fixedclipping_mod``)."""
 
     def __init__(self, strategy: Strategy, settings: CentralDPSettings, num_sampled: int,
-                 record_path: Path | None = None) -> None:
+                 record_path: Path | None = None, resume: bool = False) -> None:
         DifferentialPrivacyClientSideFixedClipping.__init__(
             self, strategy, settings.noise_multiplier, settings.clipping_norm, num_sampled)
-        self._init_accounting(settings.delta, record_path)
+        self._init_accounting(settings.delta, record_path, resume)
 
 
 def wrap_central_dp(strategy: Strategy, settings: CentralDPSettings, num_sites: int, fraction_train: float = 1.0,
-                    record_path: Path | None = None) -> Strategy:
-    """``strategy`` wrapped for central DP (its replies screened and recorded as before)."""
+                    record_path: Path | None = None, resume: bool = False) -> Strategy:
+    """``strategy`` wrapped for central DP (its replies screened and recorded as before);
+    with ``resume`` the releases already in ``record_path`` count."""
     num_sampled = max(1, int(num_sites * fraction_train))
     cls = CentralDPServerSide if settings.clipping == "server" else CentralDPClientSide
-    return cls(strategy, settings, num_sampled, record_path)
+    return cls(strategy, settings, num_sampled, record_path, resume)
 
 
 class _Unchanged(Exception):

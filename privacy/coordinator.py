@@ -62,10 +62,7 @@ def coordinator_privacy(strategy: Strategy, grid: Grid, run_config: Mapping[str,
     out = CoordinatorPrivacy(base=strategy, strategy=strategy, grid=grid, train_keys=train_keys)
     if central is not None:
         record = out_dir / "central-dp.json" if out_dir is not None else None
-        if record is not None and record.is_file() and not resume:
-            log.info("central DP: a new run; the releases in %s were an earlier run's and start afresh", record)
-            record.unlink()
-        out.central = out.strategy = wrap_central_dp(strategy, central, num_sites, fraction_train, record)
+        out.central = out.strategy = wrap_central_dp(strategy, central, num_sites, fraction_train, record, resume)
         log.info("central DP: noise multiplier %g, clipping norm %g (%s side), delta %g",
                  central.noise_multiplier, central.clipping_norm, central.clipping, central.delta)
     if secure is not None:

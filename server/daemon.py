@@ -336,8 +336,7 @@ class Coordinator:
         """Follow the run until it ends (or the daemon is told to stop); True on success."""
         assert self.control is not None and self.run_id is not None
         # the status file may still be an earlier run's: a resumed run goes on after its rounds, a new one at 1
-        earlier = read_status(self.config.status_file) or {}
-        seen_round = int(earlier.get("rounds_completed", 0)) if self.resume else 0
+        seen_round = int((read_status(self.config.status_file) or {}).get("rounds_completed", 0)) if self.resume else 0
         next_nodes = 0.0
         log_path = self.config.log_dir / "superlink.log"
         while not self._stopping:

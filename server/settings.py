@@ -6,7 +6,6 @@ The same keys appear in ``pyproject.toml`` under ``[tool.flwr.app.config]``, in
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -87,9 +86,7 @@ class RunSettings:
             ("min-sites", self.min_sites >= 0, "0 or more"),
             ("timeout-s", self.timeout_s > 0, "positive"),
         ]
-        device = self.device.strip().lower()
-        bounds.append(("device", device in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", device)),
-                       "auto, cpu, cuda or cuda:N"))
+        bounds.append(("device", _names_a_device(self.device), "auto, cpu, cuda or cuda:N"))
         for key, ok, wanted in bounds:
             if not ok:
                 value = getattr(self, key.replace("-", "_"))
@@ -108,6 +105,18 @@ class RunSettings:
         out = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out.update(self.extra)
         return out
+
+
+def _names_a_device(spec: str) -> bool:
+    """Whether ``spec`` is a device name the sites accept (present on this machine or not:
+    the coordinator's machine need not be a site's)."""
+    from client.trainer import device_from_name
+
+    try:
+        device_from_name(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def _convert(value: Any, kind: type) -> Any:

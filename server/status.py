@@ -17,8 +17,6 @@ from typing import Any, Iterable
 
 from skeletons.atomic import write_json
 
-PRIVACY_KEYS = ("privacy-epsilon", "epsilon", "dp-epsilon")
-
 
 def mean_accuracy(evaluate: dict[str, dict[str, float]], key: str = "eval-accuracy") -> float | None:
     """Mean of ``key`` over the sites that reported it."""
@@ -33,19 +31,11 @@ def mean_trained_accuracy(train: dict[str, dict[str, float]]) -> float | None:
 
 
 def privacy_from_history(history: Iterable[Any]) -> dict[str, float]:
-    """Latest epsilon each site reported in its train metrics (if its DP code reports one),
-    a round it declined included: its reply says what it had spent."""
-    spent: dict[str, float] = {}
-    for record in history:
-        replies = {**getattr(record, "declined", {}), **record.train}
-        for site, metrics in replies.items():
-            if not metrics.get("privacy-dp", 1.0):
-                continue  # the site trains without differential privacy
-            for key in PRIVACY_KEYS:
-                if key in metrics:
-                    spent[site] = float(metrics[key])
-                    break
-    return spent
+    """Latest epsilon each site that trains with DP-SGD reported, in a reply it trained or
+    declined with (:func:`privacy.coordinator.site_epsilons`)."""
+    from privacy.coordinator import site_epsilons
+
+    return {site: entry["epsilon"] for site, entry in site_epsilons(history).items() if entry["dp"]}
 
 
 def round_summary(record: Any) -> dict[str, Any]:

@@ -225,11 +225,6 @@ def comparison_table(summary: dict[str, Any]) -> str:
 EVALUATIONS = (("global + personal", "mean_accuracy"), ("after local training", "mean_trained_accuracy"))
 
 
-def paired_differences(runs: dict[str, list[dict[str, Any]]], reference: str) -> dict[str, Any]:
-    """Each other strategy minus ``reference``: :func:`paired_against` with one reference."""
-    return paired_against(runs, {name: reference for name in runs if name != reference})
-
-
 def paired_against(runs: dict[str, list[dict[str, Any]]], references: Mapping[str, str]) -> dict[str, Any]:
     """Each run name of ``references`` minus its reference in mean site top-1, seed by
     seed, for both evaluations. A seed fixes the data splits and initial models for every
@@ -271,7 +266,7 @@ def count_within(costs: dict[str, Any], goal: float) -> None:
 
 
 def differences_table(differences: dict[str, Any], reference: str, goal_points: float | None = None) -> str:
-    """Markdown rows of :func:`paired_differences`, in points of mean site top-1; with
+    """Markdown rows of :func:`paired_against`, in points of mean site top-1; with
     ``goal_points`` (pairs that went through :func:`count_within`), the seeds within it."""
     goal = f" within {goal_points:g} points in |" if goal_points is not None else ""
     lines = [f"| strategy minus {reference} | evaluated | per seed | mean | 95% interval | ahead in |{goal}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from server.settings import RunSettings
@@ -226,8 +227,6 @@ def check_some_site_trained(results: dict) -> None:
 
 def error_line(report: str) -> str:
     """The line of a site's error report that names the exception, e.g. ``ValueError: ...``."""
-    import re
-
     lines = [line.strip() for line in report.splitlines() if line.strip()]
     named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception): \S", line)]
     return named[-1] if named else (lines[-1] if lines else report)

@@ -46,10 +46,10 @@ def reply(node: int, values: np.ndarray, n: int, declined: bool = False) -> Mess
     return Message(content=content, metadata=meta)
 
 
-def wrapped(noise=2.0, clip=1.0, clipping="server", sites=3, record_path=None):
+def wrapped(noise=2.0, clip=1.0, clipping="server", sites=3, record_path=None, resume=False):
     inner = build_strategy("fedavg", StrategyOptions(shared_label_set=True), eval_every=1, num_rounds=3, num_sites=sites)
     settings = CentralDPSettings(noise, clip, clipping)
-    return inner, wrap_central_dp(inner, settings, sites, record_path=record_path)
+    return inner, wrap_central_dp(inner, settings, sites, record_path=record_path, resume=resume)
 
 
 def test_central_epsilon_is_the_rdp_accountant():
@@ -95,7 +95,7 @@ def test_a_missing_site_is_accounted_with_the_effective_noise(tmp_path):
     assert strategy.releases[1]["noise_multiplier"] == pytest.approx(1.0)
     assert strategy.epsilon == pytest.approx(epsilon_of_history([(1.5, 1.0, 1), (1.0, 1.0, 1)], 1e-5))
     # the coordinator restarts: the releases already made still count
-    _, again = wrapped(noise=1.5, clip=1.0, record_path=path)
+    _, again = wrapped(noise=1.5, clip=1.0, record_path=path, resume=True)
     assert again.epsilon == pytest.approx(strategy.epsilon)
 
 
@@ -161,4 +161,9 @@ def test_a_resumed_run_goes_on_from_the_release_record_and_a_new_run_starts_its_
     resumed = wrapped_run(resume=True)
     assert len(resumed.releases) == 1 and resumed.epsilon == pytest.approx(central_epsilon(1.0, 1))
     fresh = wrapped_run(resume=False)  # e.g. fedsar-sim run again into the same --out
-    assert fresh.releases == [] and not (tmp_path / "central-dp.json").exists()
+    assert fresh.releases == [] and fresh.epsilon == 0.0
+    zeros = np.zeros(100, np.float32)
+    list(fresh.configure_train(1, arrays(zeros), ConfigRecord({}), InProcessGrid.listing(3)))
+    fresh.aggregate_train(1, [reply(n, zeros + 0.01, 10) for n in (1, 2, 3)])
+    kept = json.loads((tmp_path / "central-dp.json").read_text())["releases"]
+    assert len(kept) == 1 and kept[0]["epsilon"] == pytest.approx(central_epsilon(1.0, 1))  # its own release only

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.compare import comparison_table, differences_table, paired_differences, summarize_runs
+from simulations.compare import comparison_table, differences_table, paired_against, summarize_runs
 from simulations.run import add_arguments, scenario_for_engine, settings_from_args
 from skeletons.clikit import UserError
 
@@ -138,7 +138,7 @@ def test_comparison_pairs_strategies_by_seed():
         "fedavg": [_result(1, 0.8, 0.6, 0.5), _result(0, 0.6, 0.4, 0.5), _result(2, 0.5, 0.3, 0.5),
                    _result(7, 0.9, 0.9)],
     }
-    diffs = paired_differences(runs, "fsar")
+    diffs = paired_against(runs, {"fedavg": "fsar"})
     d = diffs["fedavg"]["global + personal"]
     assert d["seeds"] == [0, 1, 2]
     assert d["differences"] == pytest.approx([0.1, 0.1, -0.1])
@@ -151,7 +151,7 @@ def test_comparison_pairs_strategies_by_seed():
     assert trained["differences"] == pytest.approx([-0.1] * 3) and trained["ahead"] == 0
     table = differences_table(diffs, "fsar")
     assert "| fedavg | global + personal | +10.0, +10.0, -10.0 | **+3.3** | -25.4 to +32.0 | 2 of 3 |" in table
-    assert paired_differences({"fsar": runs["fsar"][:1], "fedavg": runs["fedavg"][:1]}, "fsar") == {}
+    assert paired_against({"fsar": runs["fsar"][:1], "fedavg": runs["fedavg"][:1]}, {"fedavg": "fsar"}) == {}
 
 
 def _private_result(seed: int, mean: float, epsilons: list[float] | None) -> dict:
