@@ -196,7 +196,7 @@ class DeploymentHooks:
             if self.checkpoints.exists():
                 raise CheckpointError(
                     f"{self.checkpoints.folder} already holds a checkpoint (round {self.checkpoints.latest_round()}); "
-                    "resume it or move it away to start afresh"
+                    "resume it (fedsar-server start --resume) or set it aside (--new-run) to start afresh"
                 )
             self._status(strategy, "running")
             return 1, arrays

@@ -5,10 +5,12 @@ installation off: the coordinator runs the fedsar code installed on it, nothing 
 brings along), registers the enrolled sites' public keys and revokes keys no longer
 listed, submits the federated run (``server.app:app`` with the ``[run]`` table as run
 config), serves Prometheus metrics, and watches the run until it ends. With
-``--resume`` the run continues from the last round checkpoint.
+``--resume`` the run continues from the last round checkpoint; with ``--new-run`` the
+previous run's checkpoints, results and status are moved to ``previous/<time>/`` first,
+so a new run starts at round 1 and nothing already saved is lost.
 
 Files in the state folder: ``superlink.db`` (the SuperLink's state: registered sites,
-runs), ``checkpoints/`` (one per round), ``status.json`` (written by the ServerApp after
+runs), ``checkpoints/`` (one per round), ``previous/`` (runs set aside by ``--new-run``), ``status.json`` (written by the ServerApp after
 each round), ``daemon.json`` (this daemon: pid, address, run id), ``run/`` (results
 and global model), ``app/`` (the app bundle submitted to the SuperLink), ``logs/``.
 """
@@ -127,9 +129,13 @@ def status_of_run(doc: dict[str, Any] | None, requested_at: float) -> dict[str, 
 class Coordinator:
     """One coordinator: its SuperLink, its enrolled sites and its current run."""
 
-    def __init__(self, config: FederationConfig, resume: bool = False, out: TextIO = sys.stdout) -> None:
+    def __init__(self, config: FederationConfig, resume: bool = False, out: TextIO = sys.stdout,
+                 new_run: bool = False) -> None:
+        if resume and new_run:
+            raise CoordinatorError("--resume continues the last run and --new-run sets it aside: choose one")
         self.config = config
         self.resume = resume
+        self.new_run = new_run
         self.out = out
         self.superlink: subprocess.Popen | None = None
         self.control: Control | None = None
@@ -185,10 +191,10 @@ class Coordinator:
         except ScenarioError as err:
             problems.append(f"[run] scenario: {err}")
         checkpoints = RoundCheckpoints(self.config.checkpoint_dir)
-        if checkpoints.exists() and not self.resume:
+        if checkpoints.exists() and not (self.resume or self.new_run):
             problems.append(
                 f"{self.config.checkpoint_dir} holds a checkpoint of round {checkpoints.latest_round()}: "
-                "start with --resume to continue it, or move the folder away to start afresh"
+                "start with --resume to continue that run, or with --new-run to set it aside and start afresh"
             )
         if problems:
             raise CoordinatorError(f"coordinator {self.config.name!r} ({self.config.source}) cannot start:\n  - "
@@ -208,6 +214,29 @@ class Coordinator:
         })
 
     # -- lifecycle ---------------------------------------------------------------------
+    def set_aside_previous_run(self) -> Path | None:
+        """Move the last run's checkpoints, results and status to ``previous/<time>/``.
+
+        A new run would otherwise refuse to start over the checkpoints, and then overwrite
+        ``run/``'s results and global model; moved, they stay whole (a rename on the same
+        disk). Called with the state folder's lock held, so no live coordinator uses them.
+        Returns the folder they went to, or None when there was nothing to move."""
+        state = self.config.state_dir
+        parts = [p for p in (self.config.checkpoint_dir, self.config.out_dir, self.config.status_file) if p.exists()]
+        if not parts:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in parts)))
+        target = state / "previous" / stamp
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = state / "previous" / f"{stamp}-{suffix}"
+        target.mkdir(parents=True)
+        for part in parts:
+            part.rename(target / part.name)
+        self.say(f"set the previous run aside ({', '.join(p.name for p in parts)}) in {target}")
+        return target
+
     def stop_leftovers(self) -> None:
         """Stop what a killed coordinator with this state folder left running.
 
@@ -381,6 +410,8 @@ class Coordinator:
         keys = self.preflight()
         self._take_lock()
         self.stop_leftovers()
+        if self.new_run:
+            self.set_aside_previous_run()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:

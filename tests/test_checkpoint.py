@@ -333,7 +333,6 @@ def test_app_bundle_carries_the_run_config_and_no_code(tmp_path):
     assert "--insecure" not in cmd and cmd[cmd.index("--ssl-certfile") + 1] == str(config.certificate)
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finding leftovers reads /proc (Linux)")
 def detached_sleeper(marker: str, state: Path) -> subprocess.Popen:
     """A process in a session of its own whose environment marks it with ``state``, as a
     daemon's leftover task process is."""
@@ -341,6 +340,7 @@ def detached_sleeper(marker: str, state: Path) -> subprocess.Popen:
                             env={**os.environ, marker: str(state)}, start_new_session=True)
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finding leftovers reads /proc (Linux)")
 def test_a_new_coordinator_stops_what_a_killed_one_left_behind(tmp_path):
     """A killed coordinator's SuperExec lives in a session of its own and would claim the
     next run's ServerApp task; the next coordinator on the same state folder stops it first."""
@@ -368,3 +368,62 @@ def test_a_new_coordinator_stops_what_a_killed_one_left_behind(tmp_path):
         for proc in (orphan, other):
             proc.kill()
             proc.wait(5)
+
+
+def test_new_run_sets_the_previous_run_aside_whole(tmp_path):
+    """``--new-run`` moves the last run's checkpoints, results and status out of the way:
+    the new run starts at round 1 and the old files stay readable, byte for byte."""
+    import io
+
+    from server.daemon import Coordinator, CoordinatorError
+
+    config = load_federation_config(EXAMPLES / "federation.toml")
+    config.state_dir = tmp_path / "state"
+    strategy = make_strategy()
+    hooks = DeploymentHooks.from_settings(settings_for(config.state_dir, resume=False))
+    _, arrays = hooks.start(strategy, start_arrays())
+    for server_round in (1, 2):
+        arrays = play_round(strategy, arrays, server_round)
+        hooks.round_end(server_round, arrays, strategy)
+    config.out_dir.mkdir(parents=True)
+    (config.out_dir / "results.json").write_text('{"complete": true}')
+    ledger = config.state_dir / "logs" / "serverapp.log"
+    ledger.parent.mkdir()
+    ledger.write_text("kept in place")
+    before = {p.relative_to(config.state_dir): p.read_bytes() for p in config.state_dir.rglob("*") if p.is_file()}
+
+    out = io.StringIO()
+    moved = Coordinator(config, out=out, new_run=True).set_aside_previous_run()
+    assert moved is not None and moved.parent == config.state_dir / "previous"
+    assert not config.checkpoint_dir.exists() and not config.out_dir.exists() and not config.status_file.exists()
+    assert not RoundCheckpoints(config.checkpoint_dir).exists()
+    assert RoundCheckpoints(moved / "checkpoints").latest_round() == 2
+    assert read_status(moved / "status.json")["rounds_completed"] == 2
+    # the new run's hooks now start at round 1 where they refused before
+    assert DeploymentHooks.from_settings(settings_for(config.state_dir, resume=False)).start(make_strategy(), start_arrays())[0] == 1
+    for rel, data in before.items():
+        where = config.state_dir / rel if rel.parts[0] == "logs" else moved / rel
+        assert where.read_bytes() == data, rel
+    assert f"set the previous run aside (checkpoints, run, status.json) in {moved}" in out.getvalue()
+
+    # a second set-aside of the same second does not overwrite the first; an empty one moves nothing
+    config.status_file.write_text("{}")
+    again = Coordinator(config, out=out, new_run=True).set_aside_previous_run()
+    assert again is not None and again != moved and (moved / "status.json").read_bytes() == before[Path("status.json")]
+    assert Coordinator(config, out=out, new_run=True).set_aside_previous_run() is None
+    with pytest.raises(CoordinatorError, match="choose one"):
+        Coordinator(config, resume=True, new_run=True)
+
+
+def test_start_takes_resume_or_new_run_not_both(capsys):
+    import argparse
+
+    from server import start_cmd
+
+    parser = argparse.ArgumentParser(prog="fedsar-server start")
+    start_cmd.add_arguments(parser)
+    assert parser.parse_args(["--config", "f.toml", "--new-run"]).new_run is True
+    assert parser.parse_args(["--config", "f.toml"]).new_run is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", "f.toml", "--new-run", "--resume"])
+    assert "not allowed with argument" in capsys.readouterr().err
