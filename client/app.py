@@ -48,8 +48,20 @@ log = logging.getLogger(__name__)
 # Set by fedsar-sim for the sites it runs as Ray actors, which inherit its environment:
 # their Flower logger then stays as quiet as the simulation's own (no per-stage SecAgg+ lines).
 ACTOR_FLWR_LOG_LEVEL = "FEDSAR_SIM_FLWR_LOG_LEVEL"
+
+
+class _WithoutActorShutdownNotice(logging.Filter):
+    """Drops Flower's "Manually terminating ClientAppActor" warning, and nothing else: the
+    simulation engine stops every site's actor that way at the end of every run, so it is
+    no news, and it would end each quiet ``fedsar-sim run`` with one warning per actor."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Manually terminating %s" and record.args == ("ClientAppActor",))
+
+
 if os.environ.get(ACTOR_FLWR_LOG_LEVEL):
     logging.getLogger("flwr").setLevel(os.environ[ACTOR_FLWR_LOG_LEVEL])
+    logging.getLogger("flwr").addFilter(_WithoutActorShutdownNotice())
 
 app = ClientApp()
 

@@ -63,8 +63,9 @@ def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> 
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    if not log.isEnabledFor(logging.DEBUG):  # one progress line per round instead of Flower's
+    if not log.isEnabledFor(logging.DEBUG):  # one progress line per round instead of Flower's and the loop's
         logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("server.loop").setLevel(logging.WARNING)
         # and in the sites' actors (which inherit the environment): no SecAgg+ stages or clipping notices
         os.environ.setdefault(ACTOR_FLWR_LOG_LEVEL, "WARNING")
     notice = _WithoutRunSimulationNotice()

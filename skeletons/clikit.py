@@ -21,10 +21,12 @@ OWN_PACKAGES = ("skeletons", "models", "strategies", "client", "server", "privac
 
 def configure_logging(verbose: bool = False) -> None:
     """fedsar's own INFO lines on stderr; libraries stay at WARNING unless ``verbose``.
-    Does nothing to a root logger that already has handlers (basicConfig's rule)."""
+    Replaces the root logger's handlers: Opacus configures the root logger when it is
+    imported, which would otherwise decide the format of every line."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     for package in OWN_PACKAGES:
         logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,47 @@
+"""The table ``fedsar-sim run`` prints at the end of a run."""
+
+from __future__ import annotations
+
+from simulations.report import site_table
+
+
+def results(privacy: dict | None) -> dict:
+    sites = {name: {"final_accuracy": acc, "trained_accuracy": acc + 0.1}
+             for name, acc in (("clinic", 0.5), ("factory", 0.25), ("lab", 0.75))}
+    return {"sites": sites, "final": {"mean_accuracy": 0.5, "mean_trained_accuracy": 0.6}, "privacy": privacy}
+
+
+def test_without_dp_the_table_has_no_epsilon_column():
+    table = site_table(results(None)).splitlines()
+    assert table[0] == "| site | final top-1 (global + personal) | after local training |"
+    assert table[2] == "| clinic | 50.0% | 60.0% |" and table[-1] == "| **mean** | **50.0%** | **60.0%** |"
+    plain = {"sites": {"clinic": {"epsilon": 0.0, "dp": 0.0, "declined_rounds": 0}}, "central_dp": None}
+    assert "epsilon" not in site_table(results(plain))
+
+
+def test_under_dp_sgd_each_site_shows_what_it_spent_and_declined():
+    privacy = {
+        "sites": {
+            "clinic": {"epsilon": 7.9928, "dp": 1.0, "declined_rounds": 0},
+            "factory": {"epsilon": 2.996, "dp": 1.0, "declined_rounds": 2},
+            "lab": {"epsilon": 0.0, "dp": 0.0, "declined_rounds": 0},  # trains without DP-SGD
+        },
+        "central_dp": None,
+    }
+    table = site_table(results(privacy)).splitlines()
+    assert table[0].endswith("| after local training | epsilon spent |") and table[1] == "|---|---:|---:|---:|"
+    assert table[2] == "| clinic | 50.0% | 60.0% | 7.99 |"
+    assert table[3] == "| factory | 25.0% | 35.0% | 3.00 (2 rounds declined) |"
+    assert table[4] == "| lab | 75.0% | 85.0% | no DP |"
+    assert table[5] == "| **mean** | **50.0%** | **60.0%** | |"
+    del privacy["sites"]["lab"]  # a site that never replied has nothing to show
+    assert site_table(results(privacy)).splitlines()[4] == "| lab | 75.0% | 85.0% | - |"
+
+
+def test_central_dp_adds_its_epsilon_under_the_table():
+    central = {"mechanism": "central-gaussian", "noise_multiplier": 1.0, "clipping_norm": 1.0,
+               "delta": 1e-5, "epsilon": 21.437, "releases": 12}
+    table = site_table(results({"sites": {}, "central_dp": central}))
+    assert table.endswith("\n\ncentral DP: epsilon 21.44 at delta 1e-05 after 12 releases")
+    central["releases"] = 1
+    assert site_table(results({"sites": {}, "central_dp": central})).endswith("after 1 release")
