@@ -19,15 +19,22 @@ Commands = dict[str, tuple[str, str]]  # name -> (module, one-line help)
 OWN_PACKAGES = ("skeletons", "models", "strategies", "client", "server", "privacy", "simulations")
 
 
+def _not_flower(record: logging.LogRecord) -> bool:
+    return record.name != "flwr" and not record.name.startswith("flwr.")
+
+
 def configure_logging(verbose: bool = False) -> None:
     """fedsar's own INFO lines on stderr; libraries stay at WARNING unless ``verbose``.
     Replaces the root logger's handlers: Opacus configures the root logger when it is
-    imported, which would otherwise decide the format of every line."""
+    imported, which would otherwise decide the format of every line. Flower's records
+    are left to Flower's own console handler, so that none is printed twice."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_flower)
     for package in OWN_PACKAGES:
         logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
 
