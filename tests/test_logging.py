@@ -1,0 +1,57 @@
+"""What the console scripts print: fedsar's lines once, in fedsar's format; Flower's once."""
+
+from __future__ import annotations
+
+import io
+import logging
+import tomllib
+from pathlib import Path
+
+from skeletons.clikit import configure_logging
+
+
+def test_configure_logging_takes_over_the_root_logger_and_leaves_flower_to_its_own_handler():
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        # what importing Opacus does: a root handler with its own format
+        logging.basicConfig(format="%(asctime)s:%(levelname)s:%(message)s", force=True)
+        configure_logging()
+        assert len(root.handlers) == 1
+        sink = io.StringIO()
+        root.handlers[0].setStream(sink)
+        logging.getLogger("server.loop").info("round 1/3")
+        logging.getLogger("flwr").warning("a Flower line")  # Flower prints it through its own handler
+        logging.getLogger("ray").info("below WARNING")
+        logging.getLogger("ray").warning("a library warning")
+        lines = sink.getvalue().splitlines()
+        assert len(lines) == 2, lines
+        assert lines[0].endswith(" INFO server.loop: round 1/3")
+        assert lines[1].endswith(" WARNING ray: a library warning")
+    finally:
+        for handler in root.handlers:
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+
+
+def test_pyproject_holds_no_federations_table_for_flower_to_rewrite():
+    """Flower 1.41 moves a ``[tool.flwr.federations]`` table into ~/.flwr/config.toml the
+    first time ``flwr run .`` sees it, and rewrites pyproject.toml to comment it out."""
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    flwr = project["tool"]["flwr"]
+    assert "federations" not in flwr
+    assert flwr["app"]["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
+
+
+def test_simulated_sites_drop_only_flowers_actor_shutdown_notice():
+    from client.app import _WithoutActorShutdownNotice
+
+    def record(msg: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("flwr", logging.WARNING, __file__, 1, msg, args, None)
+
+    quiet = _WithoutActorShutdownNotice()
+    assert not quiet.filter(record("Manually terminating %s", "ClientAppActor"))
+    assert quiet.filter(record("Manually terminating %s", "SomethingElse"))
+    assert quiet.filter(record("Actor %s crashed", "ClientAppActor"))
