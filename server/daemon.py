@@ -10,9 +10,10 @@ previous run's checkpoints, results and status are moved to ``previous/<time>/``
 so a new run starts at round 1 and nothing already saved is lost.
 
 Files in the state folder: ``superlink.db`` (the SuperLink's state: registered sites,
-runs), ``checkpoints/`` (one per round), ``previous/`` (runs set aside by ``--new-run``), ``status.json`` (written by the ServerApp after
+runs), ``checkpoints/`` (one per round), ``status.json`` (written by the ServerApp after
 each round), ``daemon.json`` (this daemon: pid, address, run id), ``run/`` (results
-and global model), ``app/`` (the app bundle submitted to the SuperLink), ``logs/``.
+and global model), ``previous/`` (runs set aside by ``--new-run``), ``app/`` (the app
+bundle submitted to the SuperLink), ``logs/``.
 """
 
 from __future__ import annotations

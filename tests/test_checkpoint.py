@@ -387,9 +387,9 @@ def test_new_run_sets_the_previous_run_aside_whole(tmp_path):
         hooks.round_end(server_round, arrays, strategy)
     config.out_dir.mkdir(parents=True)
     (config.out_dir / "results.json").write_text('{"complete": true}')
-    ledger = config.state_dir / "logs" / "serverapp.log"
-    ledger.parent.mkdir()
-    ledger.write_text("kept in place")
+    kept_log = config.state_dir / "logs" / "serverapp.log"
+    kept_log.parent.mkdir()
+    kept_log.write_text("stays where it is")
     before = {p.relative_to(config.state_dir): p.read_bytes() for p in config.state_dir.rglob("*") if p.is_file()}
 
     out = io.StringIO()
