@@ -2,9 +2,9 @@
 
 ``--site site.toml`` finds the ledger where the site keeps it (``[privacy] ledger`` or
 ``<state_dir>/privacy-ledger.json``); ``--ledger PATH`` reads a ledger file directly.
-``--check`` exits with status 1 when the next round of the current plan would exceed the
-budget, so scripts can tell whether a site can still take part in the current run (a new
-run plans afresh over what is left).
+``--check`` exits with status 1 when the budget is spent or the next round of the current
+run would exceed it, so scripts can tell whether a site can still take part (a run that
+has had all its rounds has no next round; a new run plans afresh over what is left).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--ledger", metavar="PATH", help="a privacy ledger file (JSON)")
     parser.add_argument("--delta", type=float, default=None, help="report epsilon at this delta (default: the ledger's)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the next planned round would exceed the budget")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the budget is spent or the current run's next round would exceed it")
 
 
 def _ledger_path(args: argparse.Namespace) -> tuple[Path, float | None]:
@@ -45,7 +45,8 @@ def summarize(ledger: Any, delta: float | None = None, target: float | None = No
     spent = ledger.epsilon(delta)
     plan = ledger.plan or {}
     next_round = None
-    if plan:
+    finished = bool(plan) and _run_finished(ledger, plan)
+    if plan and not finished:
         after = ledger.epsilon_after(plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_round"])
         next_round = {"epsilon_after": after, "within_budget": target is None or after <= target * (1 + 1e-9)}
     return {
@@ -53,8 +54,18 @@ def summarize(ledger: Any, delta: float | None = None, target: float | None = No
         "epsilon": spent, "target_epsilon": target,
         "remaining": None if target is None else max(0.0, target - spent),
         "steps": ledger.steps, "rounds": len(ledger.rounds), "declined": len(ledger.declined),
-        "plan": plan or None, "next_round": next_round, "updated": ledger.updated,
+        "plan": plan or None, "run_finished": finished, "next_round": next_round, "updated": ledger.updated,
     }
+
+
+def _run_finished(ledger: Any, plan: dict[str, Any]) -> bool:
+    """Whether the planned run has had all its rounds here (trained or declined): then
+    there is no next round of it to show, only what a new run would have left."""
+    if "rounds" not in plan:
+        return False
+    run = str(plan.get("run"))
+    seen = [int(r["round"]) for r in [*ledger.rounds, *ledger.declined] if str(r.get("run")) == run]
+    return max(seen, default=0) >= int(plan["rounds"])
 
 
 def format_summary(summary: dict[str, Any], ledger: Any) -> str:
@@ -71,10 +82,13 @@ def format_summary(summary: dict[str, Any], ledger: Any) -> str:
         lines.append(f"  plan       run {plan['run']}: noise multiplier {plan['noise_multiplier']:.4f}, sample rate "
                      f"{plan['sample_rate']:.4g}, {plan['steps_per_round']} steps per round")
         nxt = summary["next_round"]
-        verdict = ("within budget" if nxt["within_budget"] else
-                   f"would exceed the budget: the site declines the rest of run {plan['run']}")
-        lines.append(f"  next round epsilon {nxt['epsilon_after']:.4f} ({verdict})")
-        if not nxt["within_budget"] and summary["remaining"]:
+        if nxt is None:
+            lines.append(f"  run {plan['run']} has had all its {plan['rounds']} rounds")
+        else:
+            verdict = ("within budget" if nxt["within_budget"] else
+                       f"would exceed the budget: the site declines the rest of run {plan['run']}")
+            lines.append(f"  next round epsilon {nxt['epsilon_after']:.4f} ({verdict})")
+        if (nxt is None or not nxt["within_budget"]) and summary["remaining"]:
             lines.append(f"  a new run  spreads the {summary['remaining']:.4g} left over its rounds, with as much "
                          "noise as that takes (the site's dp-max-noise-multiplier, when set, bounds it)")
     if ledger.rounds:

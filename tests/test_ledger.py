@@ -152,5 +152,19 @@ def test_budget_command_shows_and_checks_the_ledger(tmp_path, capsys):
     site_toml.write_text(site_toml.read_text().replace("epsilon = 3.0", "epsilon = 7.0"))
     assert main(["budget", "--site", str(site_toml), "--check"]) == 1  # 6.3 now, over 7 after one more round
     assert f"a new run  spreads the {7.0 - spent:.4g} left over its rounds" in capsys.readouterr().out
+    # once run-1 has had its 2 planned rounds there is no next round of it to show
+    with transaction(store, delta=DELTA) as ledger:
+        ledger.plan = {**ledger.plan, "rounds": 2}
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 0  # 0.7 left for a new run
+    out = capsys.readouterr().out
+    assert "run run-1 has had all its 2 rounds" in out and "next round" not in out
+    assert f"a new run  spreads the {7.0 - spent:.4g} left over its rounds" in out
+    assert main(["budget", "--ledger", str(state / "privacy-ledger.json"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run_finished"] is True and doc["next_round"] is None
+    with transaction(store, delta=DELTA) as ledger:
+        ledger.plan = {**ledger.plan, "rounds": 3}  # one round of run-1 still to come
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 1
+    assert "next round epsilon" in capsys.readouterr().out
     assert main(["budget", "--ledger", str(tmp_path / "none.json")]) == 2
     assert "no privacy ledger" in capsys.readouterr().err
