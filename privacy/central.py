@@ -44,11 +44,12 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from privacy.run_keys import CENTRAL_KEYS
+
 log = logging.getLogger(__name__)
 
 CLIPPING_SIDES = ("server", "client")
 WEIGHT_KEY = "central-dp-weight"  # equal weight injected into every reply before averaging
-CENTRAL_KEYS = ("central-dp-noise", "central-dp-clip", "central-dp-clipping", "central-dp-delta")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from privacy.ledger import (
     total_steps,
     transaction,
 )
+from privacy.run_keys import DP_RUN_KEYS as RUN_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 MAX_NOISE = 1e6
 # The reply keys every site sends, DP or not, so replies stay uniform across sites.
 PRIVACY_METRICS = ("privacy-epsilon", "privacy-dp", "privacy-declined")
-RUN_KEYS = {
-    "dp-epsilon": "epsilon",
-    "dp-delta": "delta",
-    "dp-max-grad-norm": "max_grad_norm",
-    "dp-noise-multiplier": "noise_multiplier",
-    "dp-max-noise-multiplier": "max_noise_multiplier",
-    "dp-accountant": "accountant",
-    "dp-grad-sample-mode": "grad_sample_mode",
-    "dp-max-physical-batch": "max_physical_batch",
-    "dp-secure-mode": "secure_mode",
-}
 _OFF = {"", "inf", "+inf", "infinity", "none", "off"}
 
 

@@ -51,10 +51,10 @@ from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.serverapp import Grid
 
+from privacy.run_keys import SECAGG_KEYS
+
 log = logging.getLogger(__name__)
 
-SECAGG_KEYS = ("secagg", "secagg-num-shares", "secagg-threshold", "secagg-clipping-range", "secagg-max-weight",
-               "secagg-quantization-range", "secagg-timeout")
 UNIFORM_KEY = "secagg-uniform-weights"  # train-config flag: weigh every site 1 (central DP)
 ERROR_CODE = 501
 

@@ -6,8 +6,18 @@ The same keys appear in ``pyproject.toml`` under ``[tool.flwr.app.config]``, in
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+from privacy.run_keys import CENTRAL_KEYS, DP_RUN_KEYS, SECAGG_KEYS
+
+# Keys other modules read from ``extra``: the privacy options, the model and anonymization
+# overrides, the warm start, and the keys fedsar-server writes for its own ServerApp.
+EXTRA_KEYS = frozenset({
+    *DP_RUN_KEYS, *CENTRAL_KEYS, *SECAGG_KEYS, "model-overrides", "anonymize", "initial-model",
+    "checkpoint-dir", "status-file", "resume", "federation",
+})
 
 
 @dataclass
@@ -56,13 +66,22 @@ class RunSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def known_keys(cls) -> set[str]:
+        """Every run-config key a run reads."""
+        return {f.name.replace("_", "-") for f in fields(cls) if f.name != "extra"} | EXTRA_KEYS
+
+    @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunSettings":
-        """Parse hyphenated keys, converting types and naming any bad value."""
+        """Parse hyphenated keys, converting types and naming any bad value. An unknown key
+        is refused with the nearest known ones: a mistyped option would otherwise be
+        ignored and the run would measure something else than asked."""
         settings = cls()
         by_key = {f.name.replace("_", "-"): f for f in fields(cls) if f.name != "extra"}
         for key, value in run_config.items():
             f = by_key.get(key)
             if f is None:
+                if key not in EXTRA_KEYS:
+                    raise ValueError(f"run config {key!r} is not a fedsar run-config key" + _nearest(key, cls.known_keys()))
                 settings.extra[key] = value
                 continue
             default = getattr(settings, f.name)
@@ -105,6 +124,11 @@ class RunSettings:
         out = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out.update(self.extra)
         return out
+
+
+def _nearest(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (docs/DESIGN.md, \"Run config\", lists them)"
 
 
 def _names_a_device(spec: str) -> bool:

@@ -207,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.strategy, out)
     scenario = scenario_for_engine(args, settings)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "
-          f"{settings.num_server_rounds} rounds -> {out}/results.json", flush=True)
+          f"{settings.num_server_rounds} round{'' if settings.num_server_rounds == 1 else 's'} -> {out}/results.json",
+          flush=True)
     results = simulate(scenario, settings)
     print()
     print(site_table(results))

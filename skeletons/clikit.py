@@ -25,16 +25,19 @@ def _not_flower(record: logging.LogRecord) -> bool:
 
 def configure_logging(verbose: bool = False) -> None:
     """fedsar's own INFO lines on stderr; libraries stay at WARNING unless ``verbose``.
-    Replaces the root logger's handlers: Opacus configures the root logger when it is
-    imported, which would otherwise decide the format of every line. Flower's records
-    are left to Flower's own console handler, so that none is printed twice."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_not_flower)
+
+    Replaces the root logger's plain console handlers, which is what a library's
+    ``logging.basicConfig`` installs (Opacus calls it when imported, which would otherwise
+    decide the format of every line); other handlers (files, a test's capture) stay.
+    Flower's records are left to Flower's own console handler, so none is printed twice."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(old)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console.addFilter(_not_flower)
+    root.addHandler(console)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     for package in OWN_PACKAGES:
         logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
 

@@ -259,6 +259,7 @@ def test_example_federation_config_and_errors(tmp_path):
         (("port = 9092", "port = 99999"), "port = 99999 is not a port number"),
         (('name = "site-b"', 'name = "site-a"'), "site names repeat"),
         (("min-sites = 2", "min-sites = 'two'"), "min-sites"),
+        (("min-sites = 2", "min-site = 2"), "'min-site' is not a fedsar run-config key; did you mean 'min-sites'"),
         (("wait_for_sites_s = 0", "wait_for_sites_s = -5"), "wait_for_sites_s = -5: seconds"),
         (("[[sites]]", "[[sitez]]"), "unknown section"),
     ):

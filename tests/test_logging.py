@@ -13,27 +13,37 @@ from skeletons.clikit import configure_logging
 def test_configure_logging_takes_over_the_root_logger_and_leaves_flower_to_its_own_handler():
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    loggers = ("privacy.ledger", "ray")
+    levels = {name: logging.getLogger(name).level for name in loggers}
     try:
-        # what importing Opacus does: a root handler with its own format
+        # what importing Opacus does: a plain console handler with its own format
         logging.basicConfig(format="%(asctime)s:%(levelname)s:%(message)s", force=True)
+        capture = logging.NullHandler()  # a handler of another kind (a file, a test's capture) stays
+        root.addHandler(capture)
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.NOTSET)
         configure_logging()
-        assert len(root.handlers) == 1
+        configure_logging()  # twice: still one console handler
+        consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+        assert len(consoles) == 1 and capture in root.handlers
         sink = io.StringIO()
-        root.handlers[0].setStream(sink)
-        logging.getLogger("server.loop").info("round 1/3")
+        consoles[0].setStream(sink)
+        logging.getLogger("privacy.ledger").info("epsilon 1.0")
         logging.getLogger("flwr").warning("a Flower line")  # Flower prints it through its own handler
         logging.getLogger("ray").info("below WARNING")
         logging.getLogger("ray").warning("a library warning")
         lines = sink.getvalue().splitlines()
         assert len(lines) == 2, lines
-        assert lines[0].endswith(" INFO server.loop: round 1/3")
+        assert lines[0].endswith(" INFO privacy.ledger: epsilon 1.0")
         assert lines[1].endswith(" WARNING ray: a library warning")
     finally:
-        for handler in root.handlers:
+        for handler in list(root.handlers):
             root.removeHandler(handler)
         for handler in saved[0]:
             root.addHandler(handler)
         root.setLevel(saved[1])
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def test_pyproject_holds_no_federations_table_for_flower_to_rewrite():

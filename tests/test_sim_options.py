@@ -54,6 +54,26 @@ def test_run_settings_out_of_range_are_refused_by_name(key, value, message):
     assert RunSettings.from_run_config({"num-server-rounds": 1, "local-epochs": 0}).num_server_rounds == 1
 
 
+def test_a_mistyped_run_config_key_is_refused_with_the_nearest_known_one(tmp_path):
+    import re
+
+    from server.settings import RunSettings
+
+    with pytest.raises(ValueError, match="'dp-epsilion' is not a fedsar run-config key; did you mean 'dp-epsilon'"):
+        RunSettings.from_run_config({"dp-epsilion": 8})
+    with pytest.raises(UserError, match="'augment-multiplicty' is not .*did you mean 'augment-multiplicity'"):
+        settings_from_args(parse("--set", "augment-multiplicty=4"), "fsar", tmp_path)
+    with pytest.raises(ValueError, match="'zz' is not a fedsar run-config key .*Run config"):
+        RunSettings.from_run_config({"zz": 1})
+    # every key a run reads is accepted, and docs/DESIGN.md's "Run config" lists exactly those
+    known = RunSettings.known_keys()
+    assert RunSettings.from_run_config({"secagg-timeout": 30, "central-dp-delta": 1e-6, "model-overrides": "{}"})
+    design = (Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md").read_text()
+    section = design.split("## Run config", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([a-z][a-z0-9]*(?:-[a-z0-9]+)*)`", section)) - {"set", "run", "fedsar-server"}
+    assert listed == known, (sorted(listed - known), sorted(known - listed))
+
+
 def test_a_device_this_machine_lacks_is_refused_before_the_engine_starts(tmp_path):
     import torch
 
