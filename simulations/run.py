@@ -65,7 +65,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--personal-norms", action="store_true", default=None,
                         help="fsar: keep the normalization layers' parameters on each site too, as "
                              "fedbn does for fedavg (FSAR's split averages them)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key (docs/DESIGN.md, \"Run config\", lists them)")
     parser.add_argument("--private-recipe", action="store_true",
                         help="the settings that keep the most accuracy under DP-SGD: a warm start on the "
                              "built-in synthetic data (built once and cached), every graph block frozen, the "

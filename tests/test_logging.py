@@ -13,7 +13,7 @@ from skeletons.clikit import configure_logging
 def test_configure_logging_takes_over_the_root_logger_and_leaves_flower_to_its_own_handler():
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    loggers = ("privacy.ledger", "ray")
+    loggers = ("privacy.ledger", "some.library")
     levels = {name: logging.getLogger(name).level for name in loggers}
     try:
         # what importing Opacus does: a plain console handler with its own format
@@ -30,12 +30,12 @@ def test_configure_logging_takes_over_the_root_logger_and_leaves_flower_to_its_o
         consoles[0].setStream(sink)
         logging.getLogger("privacy.ledger").info("epsilon 1.0")
         logging.getLogger("flwr").warning("a Flower line")  # Flower prints it through its own handler
-        logging.getLogger("ray").info("below WARNING")
-        logging.getLogger("ray").warning("a library warning")
+        logging.getLogger("some.library").info("below WARNING")
+        logging.getLogger("some.library").warning("a library warning")
         lines = sink.getvalue().splitlines()
         assert len(lines) == 2, lines
         assert lines[0].endswith(" INFO privacy.ledger: epsilon 1.0")
-        assert lines[1].endswith(" WARNING ray: a library warning")
+        assert lines[1].endswith(" WARNING some.library: a library warning")
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
