@@ -81,7 +81,7 @@ class RunSettings:
             f = by_key.get(key)
             if f is None:
                 if key not in EXTRA_KEYS:
-                    raise ValueError(f"run config {key!r} is not a fedsar run-config key" + _nearest(key, cls.known_keys()))
+                    raise ValueError(unknown_key(key))
                 settings.extra[key] = value
                 continue
             default = getattr(settings, f.name)
@@ -126,9 +126,11 @@ class RunSettings:
         return out
 
 
-def _nearest(key: str, known: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (docs/DESIGN.md, \"Run config\", lists them)"
+def unknown_key(key: str) -> str:
+    """The refusal of a key no run reads, with the nearest known keys."""
+    close = difflib.get_close_matches(key, sorted(RunSettings.known_keys()), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (docs/DESIGN.md, \"Run config\", lists them)"
+    return f"run config {key!r} is not a fedsar run-config key{hint}"
 
 
 def _names_a_device(spec: str) -> bool:

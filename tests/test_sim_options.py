@@ -65,6 +65,11 @@ def test_a_mistyped_run_config_key_is_refused_with_the_nearest_known_one(tmp_pat
         settings_from_args(parse("--set", "augment-multiplicty=4"), "fsar", tmp_path)
     with pytest.raises(ValueError, match="'zz' is not a fedsar run-config key .*Run config"):
         RunSettings.from_run_config({"zz": 1})
+    examples = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+    scenario = tmp_path / "typo.toml"
+    scenario.write_text((examples / "tiny-scenario.toml").read_text().replace("batch-size = 16", "batch-sise = 16"))
+    with pytest.raises(UserError, match=r"typo.toml: \[defaults\]: run config 'batch-sise' .*'batch-size'"):
+        settings_from_args(parse("--scenario", str(scenario)), "fsar", tmp_path)
     # every key a run reads is accepted, and docs/DESIGN.md's "Run config" lists exactly those
     known = RunSettings.known_keys()
     assert RunSettings.from_run_config({"secagg-timeout": 30, "central-dp-delta": 1e-6, "model-overrides": "{}"})
