@@ -74,7 +74,7 @@ class RunSettings:
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunSettings":
         """Parse hyphenated keys, converting types and naming any bad value. An unknown key
         is refused with the nearest known ones: a mistyped option would otherwise be
-        ignored and the run would measure something else than asked."""
+        ignored and the run would measure something other than what was asked."""
         settings = cls()
         by_key = {f.name.replace("_", "-"): f for f in fields(cls) if f.name != "extra"}
         for key, value in run_config.items():
