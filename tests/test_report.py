@@ -45,3 +45,20 @@ def test_central_dp_adds_its_epsilon_under_the_table():
     assert table.endswith("\n\ncentral DP: epsilon 21.44 at delta 1e-05 after 12 releases")
     central["releases"] = 1
     assert site_table(results({"sites": {}, "central_dp": central})).endswith("after 1 release")
+
+
+def test_the_last_progress_line_and_the_table_print_the_same_mean():
+    """Four sites at 87.5, 70, 85 and 92.5%: a plain float sum puts the mean just under
+    83.75 (printed 83.7), the exact mean results.json keeps is just over it (83.8)."""
+    import statistics
+
+    from simulations.report import progress_line
+    from strategies.screening import RoundRecord
+
+    trained = {"a": 0.875, "b": 0.7, "c": 0.85, "d": 0.925}
+    record = RoundRecord(round=12, train={k: {"trained-accuracy": v} for k, v in trained.items()},
+                         evaluate={k: {"eval-accuracy": 0.9} for k in trained})
+    line = progress_line(record, 12)
+    table_mean = f"{100 * statistics.fmean(trained.values()):.1f}"
+    assert table_mean == "83.8" and f"(after local training  {table_mean}%)" in line
+    assert line.startswith("round  12/12  mean site acc  90.0%")
