@@ -147,9 +147,9 @@ class LoopbackFederation:
                 parts.append(f"--- last {len(tail)} lines of {path}\n" + "\n".join(tail))
         return "\n".join(parts)
 
-    def start_coordinator(self, resume: bool = False) -> subprocess.Popen:
+    def start_coordinator(self, resume: bool = False, new_run: bool = False) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "server.cli", "start", "--config", str(self.federation_toml)]
-        return self._start("coordinator", cmd + (["--resume"] if resume else []))
+        return self._start("coordinator", cmd + (["--resume"] if resume else []) + (["--new-run"] if new_run else []))
 
     def start_site(self, site: str, config: Path | None = None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "client.cli", "start", "--site", str(config or self.site_toml(site))]

@@ -152,6 +152,19 @@ def test_coordinator_killed_and_resumed_matches_uninterrupted(federation):
     out = fed.output("coordinator")  # both coordinators': no round twice (the first may die before it reports round 1)
     assert "resuming after round 1" in out and out.count("round 1/2:") <= 1 and out.count("round 2/2:") == 1
     resumed = read_arrays(fed.state / "run" / "global.npz")
+
+    # the next run: --new-run sets this one aside whole and starts again at round 1
+    fed.start_coordinator(new_run=True)
+    assert fed.wait_coordinator_exit(360) == 0, fed.coordinator_report()
+    (aside,) = (fed.state / "previous").iterdir()
+    assert f"set the previous run aside (checkpoints, run, status.json) in {aside}" in fed.output("coordinator")
+    kept = read_arrays(aside / "run" / "global.npz")
+    assert set(kept) == set(resumed) and all(np.array_equal(kept[k], resumed[k]) for k in kept)
+    assert json.loads((aside / "status.json").read_text())["resumed"]
+    status = fed.status()
+    assert status["state"] == "completed" and status["first_round"] == 1 and not status.get("resumed")
+    assert [r["round"] for r in status["rounds"]] == [1, 2] and status["rounds"][1]["sites_ok"] == 3
+
     if "global" not in REFERENCE:
         pytest.skip("the uninterrupted reference run did not complete")
     assert set(resumed) == set(REFERENCE["global"])
