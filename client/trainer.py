@@ -27,6 +27,7 @@ from torch import nn
 
 from client.augment import Augmentation, augment, pick_views
 from models.roles import parameter_kind
+from skeletons.devices import device_name
 
 log = logging.getLogger(__name__)
 
@@ -132,28 +133,14 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------- devices
 
-def device_from_name(spec: str) -> torch.device | None:
-    """The device ``spec`` names (None for ``auto``), whether or not this machine has it;
-    a ValueError for anything but auto, cpu, cuda or cuda:N."""
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return None
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"device {spec!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {spec!r} unsupported; use auto, cpu, cuda or cuda:N")
-    return device
-
-
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when available; ``cuda``/``cuda:N`` must exist."""
     if isinstance(spec, torch.device):
         return spec
-    device = device_from_name(spec)
-    if device is None:
+    name = device_name(spec)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {spec!r} requested but CUDA is not available here")

@@ -45,6 +45,7 @@ from flwr.serverapp.strategy import (
 )
 
 from privacy.run_keys import CENTRAL_KEYS
+from skeletons.clikit import counted
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ class _Accounted:
                               "noise_multiplier": float(effective)})
         epsilon = self.epsilon
         self.releases[-1]["epsilon"] = epsilon
-        log.info("round %d: central DP epsilon %.4f at delta %g after %d release%s",
-                 server_round, epsilon, self.delta, len(self.releases), "" if len(self.releases) == 1 else "s")
+        log.info("round %d: central DP epsilon %.4f at delta %g after %s",
+                 server_round, epsilon, self.delta, counted(len(self.releases), "release"))
         if self.record_path is not None:
             from skeletons.atomic import write_json
 

@@ -46,6 +46,7 @@ from privacy.ledger import (
     transaction,
 )
 from privacy.run_keys import DP_RUN_KEYS as RUN_KEYS
+from skeletons.clikit import counted
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,8 @@ def _within_cap(z: float, settings: DPSettings, ledger: PrivacyLedger, rounds: i
         return z
     spent = ledger.epsilon()
     raise BudgetExhausted(
-        f"the budget left (epsilon {settings.epsilon - spent:.4g} of {settings.epsilon:g}) over {rounds} "
-        f"round{'s' if rounds != 1 else ''} needs noise multiplier {z:.4g}, above dp-max-noise-multiplier "
+        f"the budget left (epsilon {settings.epsilon - spent:.4g} of {settings.epsilon:g}) over "
+        f"{counted(rounds, 'round')} needs noise multiplier {z:.4g}, above dp-max-noise-multiplier "
         f"{cap:g}: the update would be mostly noise", spent)
 
 

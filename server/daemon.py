@@ -36,6 +36,7 @@ from server.federation_config import FederationConfig
 from server.metrics import STATE_ENV
 from server.status import read_status, write_status
 from skeletons.atomic import write_json
+from skeletons.clikit import counted
 from skeletons.toml_text import toml_value
 from skeletons.processes import lock_state_folder, processes_marked, spawn, stop_pids, stop_process
 
@@ -111,8 +112,8 @@ def progress_line(doc: dict[str, Any]) -> str:
     acc = last.get("mean_accuracy")
     acc_s = "-" if acc is None else f"{100 * acc:.1f}%"
     return (
-        f"round {last.get('round')}/{doc.get('num_rounds')}: {last.get('sites_ok')} "
-        f"site{'' if last.get('sites_ok') == 1 else 's'} aggregated, {last.get('sites_failed')} failed or dropped, "
+        f"round {last.get('round')}/{doc.get('num_rounds')}: {counted(last.get('sites_ok', 0), 'site')} "
+        f"aggregated, {last.get('sites_failed')} failed or dropped, "
         f"mean accuracy {acc_s}, {last.get('wall_s', 0.0):.1f}s"
         + (f"; dropped: {'; '.join(last['dropped'])}" if last.get("dropped") else "")
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from privacy.run_keys import CENTRAL_KEYS, DP_RUN_KEYS, SECAGG_KEYS
+from skeletons.devices import device_name
 
 # Keys other modules read from ``extra``: the privacy options, the model and anonymization
 # overrides, the warm start, and the keys fedsar-server writes for its own ServerApp.
@@ -136,10 +137,8 @@ def unknown_key(key: str) -> str:
 def _names_a_device(spec: str) -> bool:
     """Whether ``spec`` is a device name the sites accept (present on this machine or not:
     the coordinator's machine need not be a site's)."""
-    from client.trainer import device_from_name
-
     try:
-        device_from_name(spec)
+        device_name(spec)
     except ValueError:
         return False
     return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from skeletons.clikit import counted
 from strategies.screening import RoundRecord
 
 
@@ -48,7 +49,7 @@ def site_table(results: dict[str, Any]) -> str:
     if central:
         lines.append("")
         lines.append(f"central DP: epsilon {central['epsilon']:.2f} at delta {central['delta']:g} after "
-                     f"{central['releases']} release{'' if central['releases'] == 1 else 's'}")
+                     f"{counted(central['releases'], 'release')}")
     return "\n".join(lines)
 
 
@@ -58,7 +59,7 @@ def _epsilon(entry: dict[str, Any] | None) -> str:
     if not entry.get("dp"):
         return "no DP"
     declined = int(entry.get("declined_rounds", 0))
-    note = f" ({declined} round{'' if declined == 1 else 's'} declined)" if declined else ""
+    note = f" ({counted(declined, 'round')} declined)" if declined else ""
     return f"{entry['epsilon']:.2f}{note}"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from server.settings import RunSettings, unknown_key
 from simulations.report import site_table
-from skeletons.clikit import UserError
+from skeletons.clikit import UserError, counted
 from skeletons.scenario import (Scenario, ScenarioError, builtin_scenarios, check_copies_augmented,
                                 recipe_augments, resolve_scenario)
 from strategies.registry import STRATEGY_NAMES, client_policy
@@ -210,8 +210,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.strategy, out)
     scenario = scenario_for_engine(args, settings)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "
-          f"{settings.num_server_rounds} round{'' if settings.num_server_rounds == 1 else 's'} -> {out}/results.json",
-          flush=True)
+          f"{counted(settings.num_server_rounds, 'round')} -> {out}/results.json", flush=True)
     results = simulate(scenario, settings)
     print()
     print(site_table(results))

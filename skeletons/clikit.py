@@ -19,6 +19,11 @@ Commands = dict[str, tuple[str, str]]  # name -> (module, one-line help)
 OWN_PACKAGES = ("skeletons", "models", "strategies", "client", "server", "privacy", "simulations")
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 round``, ``3 rounds``: a count with its noun, for the lines commands print."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _not_flower(record: logging.LogRecord) -> bool:
     return record.name != "flwr" and not record.name.startswith("flwr.")
 

@@ -269,6 +269,15 @@ def test_example_federation_config_and_errors(tmp_path):
             load_federation_config(path)
 
 
+def test_reading_a_federation_config_needs_no_torch():
+    """``fedsar-server status`` and ``stop`` load federation.toml, run settings and all:
+    checking the run's device name must not import torch (about 2 s)."""
+    code = ("import sys; from server.federation_config import load_federation_config; "
+            f"load_federation_config({str(EXAMPLES / 'federation.toml')!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_the_initial_model_is_found_next_to_the_federation_config_or_refused_by_name(tmp_path):
     text = (EXAMPLES / "federation.toml").read_text().replace("[run]", "[run]\ninitial-model = 'warm/global.npz'", 1)
     path = tmp_path / "federation.toml"

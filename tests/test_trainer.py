@@ -145,6 +145,10 @@ def test_resolve_device():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="tpu"):
         resolve_device("tpu")
+    assert resolve_device(" CPU:0 ") == torch.device("cpu:0")
+    for bad in ("mps", "cuda:x", "cuda0", ""):
+        with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
