@@ -23,7 +23,7 @@ from client.frozen_trunk import evaluate_site, head_only_inputs
 from client.global_mix import blend_towards_global, keep_own_shared, own_shared
 from client.metrics import record_exchange
 from client.optimizer_state import OptimizerKeeper, keeps_state, saved_state
-from client.personal_phase import check_personal_epochs, fit_personal, shared_only
+from client.personal_phase import fit_personal, shared_only
 from client.personal_store import load_personal, save_personal
 from client.site import (
     build_site_model,
@@ -106,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     global_shared = {k: v.clone() for k, v in received.to_torch_state_dict().items()}
 
     from client.trainer import make_optimizer
-    from privacy.dp import BudgetExhausted, dp_requested, fit_statistics_scale, train_site
+    from privacy.dp import BudgetExhausted, check_personal_epochs, dp_requested, fit_statistics_scale, train_site
 
     shared_blocks = int(config.get("shared-blocks", 0))
     scale_fitted = None

@@ -35,17 +35,6 @@ def trainable_only(model: nn.Module, keep: Callable[[str], bool]) -> Iterator[in
             p.requires_grad_(flags[name])
 
 
-def check_personal_epochs(personal_epochs: int, dp_enabled: bool) -> None:
-    """``personal-epochs`` must be >= 0 and cannot be combined with DP-SGD: the personal
-    phase would train on private data outside the privacy ledger. The coordinator checks
-    the run config, each site its own settings as well."""
-    if personal_epochs < 0:
-        raise ValueError(f"'personal-epochs' must be >= 0, got {personal_epochs}")
-    if personal_epochs and dp_enabled:
-        raise ValueError("'personal-epochs' > 0 is not available with DP-SGD on the sites "
-                         "(dp-epsilon / dp-noise-multiplier): set personal-epochs = 0")
-
-
 def personal_names(model: nn.Module, policy: str, shared_blocks: int) -> set[str]:
     return {name for name, _ in model.named_parameters() if is_personal(name, policy, shared_blocks)}
 

@@ -173,6 +173,17 @@ def site_toml_keys(site_config: Any) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------- planning
 
+def check_personal_epochs(personal_epochs: int, dp_enabled: bool) -> None:
+    """``personal-epochs`` must be >= 0 and cannot be combined with DP-SGD: the personal
+    phase would train on private data outside the privacy ledger. The coordinator checks
+    the run config, each site its own settings as well."""
+    if personal_epochs < 0:
+        raise ValueError(f"'personal-epochs' must be >= 0, got {personal_epochs}")
+    if personal_epochs and dp_enabled:
+        raise ValueError("'personal-epochs' > 0 is not available with DP-SGD on the sites "
+                         "(dp-epsilon / dp-noise-multiplier): set personal-epochs = 0")
+
+
 def batches_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 

@@ -275,8 +275,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     for key, value in privacy.train_keys.items():
         train_config[key] = value
     strategy.group_heads = check_group_heads(settings, privacy.report())
-    from client.personal_phase import check_personal_epochs
-    from privacy.dp import DPSettings
+    from privacy.dp import DPSettings, check_personal_epochs
 
     check_personal_epochs(settings.personal_epochs, DPSettings.resolve((privacy.train_keys, "run config")).enabled)
     started = time.perf_counter()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.personal_phase import check_personal_epochs, trainable_only
+from client.personal_phase import trainable_only
+from privacy.dp import check_personal_epochs
 from models.roles import split_state
 from test_fsar_rounds import recorded_fsar_rounds, server_identity  # noqa: F401 (autouse fixture)
 
