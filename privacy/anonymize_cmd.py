@@ -28,7 +28,7 @@ from privacy.anonymizer import (
 )
 from privacy.audit import fit_on_all
 from privacy.audit_cmd import add_data_arguments, audit_data, bones_config, dataset_info, floats, load_prepared
-from skeletons.clikit import UserError
+from skeletons.clikit import UserError, free_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 0: off; only the action recognizers and prototypes are fitted)")
     parser.add_argument("--keep-subjects", action="store_true", help="write real subject ids (default: pseudonyms)")
     parser.add_argument("--keep-attributes", action="store_true", help="write attributes such as sex and age")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads; 0 (default): the cores the load average leaves idle, at least one")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from skeletons.read_npz import write_npz
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(free_threads(args.threads))
     if args.out.suffix != ".npz":
         raise UserError(f"--out {args.out} must end in .npz")
     bones = bones_config(args)

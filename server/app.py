@@ -6,7 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
-from server.settings import RunSettings
+from server.settings import RunSettings, with_scenario_defaults
 from skeletons.clikit import configure_logging
 
 app = ServerApp()
@@ -17,9 +17,10 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config. In a deployed ServerApp process
     nothing else configures logging, and Python's fallback shows warnings only: the
     round-by-round INFO lines (warm start, label groups, rounds) would be lost from the
-    log the coordinator keeps."""
+    log the coordinator keeps. The scenario's ``[defaults]`` fill the keys the run config
+    leaves out, as under ``fedsar-sim``."""
     configure_logging()
-    run_federation(grid, RunSettings.from_run_config(context.run_config))
+    run_federation(grid, RunSettings.from_run_config(with_scenario_defaults(dict(context.run_config))))
 
 
 def make_server_app(settings: RunSettings, progress=None, sink: dict | None = None) -> ServerApp:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.settings import RunSettings
+from server.settings import RunSettings, with_scenario_defaults
 
 KNOWN = {
     "federation": {"name", "state_dir"},
@@ -90,6 +90,19 @@ class FederationConfig:
 
     def settings(self) -> RunSettings:
         return RunSettings.from_run_config(self.run)
+
+
+def _with_scenario_defaults(run: dict[str, Any]) -> dict[str, Any]:
+    """``[run]`` over its scenario's ``[defaults]``, written whole into the run's app so
+    that what runs is what the app says. A scenario file that is missing or broken is left
+    to the coordinator's start to report (``fedsar-server status`` and ``stop`` load this
+    file too and must work without it); a mistyped default is refused here."""
+    from skeletons.scenario import ScenarioError
+
+    try:
+        return with_scenario_defaults(run)
+    except ScenarioError:
+        return run
 
 
 def _path(base: Path, value: str) -> Path:
@@ -172,6 +185,7 @@ def load_federation_config(path: str | Path) -> FederationConfig:
         if run.get(key):
             run[key] = str(_path(base, str(run[key])))
     try:
+        run = _with_scenario_defaults(run)
         RunSettings.from_run_config(run)
         if run.get("initial-model"):  # a missing warm start fails here, not in the ServerApp
             from server.warm_start import initial_model_file

@@ -134,6 +134,28 @@ def unknown_key(key: str) -> str:
     return f"run config {key!r} is not a fedsar run-config key{hint}"
 
 
+def scenario_defaults(scenario: Any) -> dict[str, Any]:
+    """A scenario's ``[defaults]``, each key checked: a mistyped one is named with its file
+    rather than refused later as one more key of the run config."""
+    mistyped = sorted(set(scenario.defaults) - RunSettings.known_keys())
+    if mistyped:
+        raise ValueError(f"scenario {scenario.source or scenario.name}: [defaults]: {unknown_key(mistyped[0])}")
+    return dict(scenario.defaults)
+
+
+def with_scenario_defaults(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``run_config`` laid over the ``[defaults]`` of the scenario it names.
+
+    A scenario carries the recipe it was measured with (``hetero-datasets``: AdamW, 8
+    rounds, grain 1). ``fedsar-sim`` lays its options over them, and the coordinator does
+    the same (``fedsar-server``, ``flwr run``), so a scenario trains the same way wherever
+    its run starts; a key the run sets itself always wins."""
+    from skeletons.scenario import load_scenario
+
+    scenario = load_scenario(str(run_config.get("scenario", RunSettings.scenario)))
+    return {**scenario_defaults(scenario), **run_config}
+
+
 def _names_a_device(spec: str) -> bool:
     """Whether ``spec`` is a device name the sites accept (present on this machine or not:
     the coordinator's machine need not be a site's)."""

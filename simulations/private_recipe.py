@@ -13,7 +13,8 @@ augments its sequences trains on four augmented copies of each, averaged before 
 clips, drawn from 32 views per sequence computed once. Every key is
 an ordinary run-config key: options given on the command line or with ``--set``
 override the recipe's, and a deployed coordinator gets the same run by putting the keys
-in its run config.
+in its run config beside the same ``scenario`` (whose ``[defaults]`` it applies as
+``fedsar-sim`` does: optimizer, rounds, grains).
 
 The synthetic warm start is built once (the default synthetic job, seed 0, one thread per
 site whatever the caller's ``OMP_NUM_THREADS``) and cached in
@@ -172,13 +173,13 @@ def check_recipe_loads(config: dict[str, Any]) -> None:
     that keys printed for a scenario of another model (whose frozen blocks the synthetic
     warm start cannot fill) fail here, naming the scenario, not when the federation starts."""
     from server.federation import model_config_for
-    from server.settings import RunSettings
+    from server.settings import RunSettings, with_scenario_defaults
     from simulations.run import check_warm_start
     from skeletons.scenario import resolve_scenario
     from strategies.registry import client_policy
 
     scenario = resolve_scenario(str(config["scenario"]), config.get("paths-file") or None)
-    settings = RunSettings.from_run_config({**scenario.defaults, **config})
+    settings = RunSettings.from_run_config(with_scenario_defaults(config))
     model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
     try:
         check_warm_start(scenario, settings, model, client_policy(settings.strategy, scenario.shared_label_set))
@@ -205,7 +206,8 @@ def run(args: Any) -> int:
         check_recipe_loads(config)
     except ScenarioError as err:
         raise UserError(str(err)) from None
-    print("# the private recipe (fedsar-sim run --private-recipe); add dp-epsilon, dp-delta, dp-max-grad-norm")
+    print(f"# the private recipe (fedsar-sim run --private-recipe) for scenario = {toml_value(args.scenario)} in [run],")
+    print("# whose [defaults] set the other keys; add dp-epsilon, dp-delta, dp-max-grad-norm")
     for key in ("initial-model", "frozen-blocks", *(k for k in RECIPE_KEYS)):
         print(f"{key} = {toml_value(config[key])}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from server.settings import RunSettings, unknown_key
+from server.settings import RunSettings, scenario_defaults
 from simulations.report import site_table
 from skeletons.clikit import UserError, counted
 from skeletons.scenario import (Scenario, ScenarioError, builtin_scenarios, check_copies_augmented,
@@ -109,10 +109,10 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
         raise UserError(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
     if args.data_root and not Path(args.data_root).is_dir():
         raise UserError(f"--data-root {args.data_root} is not a folder")
-    mistyped = sorted(set(scenario.defaults) - RunSettings.known_keys())
-    if mistyped:  # named here, with its file, rather than as one more key of the run config
-        raise UserError(f"scenario {scenario.source or scenario.name}: [defaults]: {unknown_key(mistyped[0])}")
-    config = dict(scenario.defaults)
+    try:
+        config = scenario_defaults(scenario)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     overrides = {
         "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "personal-epochs": args.personal_epochs,
         "batch-size": args.batch_size,
