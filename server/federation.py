@@ -284,6 +284,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
         record = strategy.record_for(server_round)
         if progress is not None:
             progress(record, settings.num_server_rounds)
+        else:  # a ServerApp of its own (flwr run, fedsar-server): the round's line goes to its log
+            log.info("%s", record.progress_line(settings.num_server_rounds))
         if out is not None:
             write_json(out / "results.json", summarize(scenario, settings, strategy.history))
             write_arrays(out / "global.npz", {k: v.numpy() for k, v in global_arrays.items()})

@@ -14,7 +14,6 @@ from client.app import ACTOR_FLWR_LOG_LEVEL
 from client.app import app as client_app
 from server.app import make_server_app
 from server.settings import RunSettings
-from simulations.report import progress_line
 from skeletons.atomic import write_json
 from skeletons.scenario import Scenario
 
@@ -53,7 +52,7 @@ def simulate(scenario: Scenario, settings: RunSettings, quiet: bool = False) -> 
 
     def progress(record, num_rounds):
         if not quiet:
-            print(progress_line(record, num_rounds), flush=True)
+            print(record.progress_line(num_rounds), flush=True)
 
     server_app = make_server_app(settings, progress=progress, sink=results)
     resources = client_resources(scenario, settings.device)

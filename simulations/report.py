@@ -1,27 +1,11 @@
-"""Human-readable output of simulation results: progress lines and tables."""
+"""Human-readable output of simulation results: the per-site table (the per-round line is
+``RoundRecord.progress_line``)."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from skeletons.clikit import counted
-from strategies.screening import RoundRecord
-
-
-def progress_line(record: RoundRecord, num_rounds: int) -> str:
-    """One round's line; its means are taken as results.json takes them (``fmean``), so the
-    last line and the final table print the same digits."""
-    accs = [m["eval-accuracy"] for m in record.evaluate.values() if "eval-accuracy" in m]
-    acc = f"mean site acc {100 * statistics.fmean(accs):5.1f}%" if accs else "(no evaluation)     "
-    trained = [m["trained-accuracy"] for m in record.train.values() if "trained-accuracy" in m]
-    if trained:
-        acc += f" (after local training {100 * statistics.fmean(trained):5.1f}%)"
-    dropped = f"  dropped {len(record.dropped)}" if record.dropped else ""
-    return (
-        f"round {record.round:>3}/{num_rounds}  {acc}  wall {record.wall_s:6.1f}s  "
-        f"compute {record.compute_s:6.1f}s  uplink {record.uplink_bytes / 1e6:6.2f} MB{dropped}"
-    )
 
 
 def site_table(results: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -68,6 +69,21 @@ class RoundRecord:
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     # the metrics of sites that declined the round (their epsilon spent so far among them)
     declined: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def progress_line(self, num_rounds: int) -> str:
+        """One round's line (``fedsar-sim`` prints it, a ServerApp under ``flwr run`` logs
+        it); its means are taken as results.json takes them (``fmean``), so the last line
+        and the final table print the same digits."""
+        accs = [m["eval-accuracy"] for m in self.evaluate.values() if "eval-accuracy" in m]
+        acc = f"mean site acc {100 * statistics.fmean(accs):5.1f}%" if accs else "(no evaluation)     "
+        trained = [m["trained-accuracy"] for m in self.train.values() if "trained-accuracy" in m]
+        if trained:
+            acc += f" (after local training {100 * statistics.fmean(trained):5.1f}%)"
+        dropped = f"  dropped {len(self.dropped)}" if self.dropped else ""
+        return (
+            f"round {self.round:>3}/{num_rounds}  {acc}  wall {self.wall_s:6.1f}s  "
+            f"compute {self.compute_s:6.1f}s  uplink {self.uplink_bytes / 1e6:6.2f} MB{dropped}"
+        )
 
 
 def reply_metrics(msg: Message) -> dict[str, float]:

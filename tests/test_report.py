@@ -52,13 +52,12 @@ def test_the_last_progress_line_and_the_table_print_the_same_mean():
     83.75 (printed 83.7), the exact mean results.json keeps is just over it (83.8)."""
     import statistics
 
-    from simulations.report import progress_line
     from strategies.screening import RoundRecord
 
     trained = {"a": 0.875, "b": 0.7, "c": 0.85, "d": 0.925}
     record = RoundRecord(round=12, train={k: {"trained-accuracy": v} for k, v in trained.items()},
                          evaluate={k: {"eval-accuracy": 0.9} for k in trained})
-    line = progress_line(record, 12)
+    line = record.progress_line(12)
     table_mean = f"{100 * statistics.fmean(trained.values()):.1f}"
     assert table_mean == "83.8" and f"(after local training  {table_mean}%)" in line
     assert line.startswith("round  12/12  mean site acc  90.0%")
