@@ -92,8 +92,10 @@ def site_epsilons(history: Any) -> dict[str, dict[str, float]]:
     return sites
 
 
-def check_run_config(config: Mapping[str, Any]) -> None:
-    """Fail early, naming the key, on privacy settings a run could not start with."""
+def check_run_config(config: Mapping[str, Any]) -> dict[str, bool]:
+    """Fail early, naming the key, on privacy settings a run could not start with; return
+    which coordinator-side options the run turns on (as :meth:`CoordinatorPrivacy.report`
+    names them), for the checks of options that do not combine with them."""
     from privacy.dp import DPSettings
 
     DPSettings.resolve((config, "run config"))
@@ -102,3 +104,4 @@ def check_run_config(config: Mapping[str, Any]) -> None:
     if central is not None and secure is not None and central.clipping == "server":
         raise ValueError("run config: with secagg = true the server sees only the sum and cannot clip each site; "
                          "set central-dp-clipping = 'client'")
+    return {"central_dp": central is not None, "secure_aggregation": secure is not None}

@@ -192,6 +192,13 @@ class Coordinator:
                             len(scenario.sites), len(self.config.sites))
         except ScenarioError as err:
             problems.append(f"[run] scenario: {err}")
+        try:  # privacy options that cannot start, or do not combine, fail here rather than in the ServerApp
+            from privacy.coordinator import check_run_config
+            from server.federation import check_group_heads
+
+            check_group_heads(self.config.settings(), check_run_config(self.config.run))
+        except ValueError as err:
+            problems.append(f"[run] {err}")
         checkpoints = RoundCheckpoints(self.config.checkpoint_dir)
         if checkpoints.exists() and not (self.resume or self.new_run):
             problems.append(

@@ -186,9 +186,9 @@ def check_group_heads(settings: RunSettings, privacy_report: dict[str, Any]) -> 
         problems.append("strategy 'local' shares nothing")
     if settings.server_momentum > 0:
         problems.append(f"server-momentum = {settings.server_momentum}")
-    for option in ("central_dp", "secure_aggregation"):
+    for option, name in (("central_dp", "central DP"), ("secure_aggregation", "secure aggregation")):
         if privacy_report.get(option):
-            problems.append(option.replace("_", " "))
+            problems.append(name)
     if problems:
         raise ValueError(f"run config 'group-heads' does not combine with: {'; '.join(problems)}")
     return True

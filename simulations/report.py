@@ -33,7 +33,7 @@ def site_table(results: dict[str, Any]) -> str:
     if central:
         lines.append("")
         lines.append(f"central DP: epsilon {central['epsilon']:.2f} at delta {central['delta']:g} after "
-                     f"{counted(central['releases'], 'release')}")
+                     f"{counted(len(central['releases']), 'release')}")  # privacy.central's report
     return "\n".join(lines)
 
 

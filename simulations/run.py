@@ -150,16 +150,17 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     try:
         from privacy.coordinator import check_run_config
 
-        check_run_config(config)
+        switched_on = check_run_config(config)
         settings = RunSettings.from_run_config(config)
         from client.trainer import resolve_device
 
         resolve_device(settings.device)  # the simulated sites run here: a device this machine lacks fails now
         # a bad model fails before the engine starts
-        from server.federation import check_model_settings, model_config_for
+        from server.federation import check_group_heads, check_model_settings, model_config_for
 
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
         check_model_settings(settings, model)
+        check_group_heads(settings, switched_on)
         run_recipe = settings.augmentation()
         for site in scenario.sites:
             check_copies_augmented(run_recipe, site.recipe, f"site {site.name}")

@@ -39,11 +39,13 @@ def test_under_dp_sgd_each_site_shows_what_it_spent_and_declined():
 
 
 def test_central_dp_adds_its_epsilon_under_the_table():
+    # the record as privacy.central writes it: one entry per release
+    release = {"round": 1, "sampled": 4, "contributors": 4, "noise_multiplier": 1.0, "epsilon": 1.0}
     central = {"mechanism": "central-gaussian", "noise_multiplier": 1.0, "clipping_norm": 1.0,
-               "delta": 1e-5, "epsilon": 21.437, "releases": 12}
+               "delta": 1e-5, "epsilon": 21.437, "releases": [release] * 12}
     table = site_table(results({"sites": {}, "central_dp": central}))
     assert table.endswith("\n\ncentral DP: epsilon 21.44 at delta 1e-05 after 12 releases")
-    central["releases"] = 1
+    central["releases"] = [release]
     assert site_table(results({"sites": {}, "central_dp": central})).endswith("after 1 release")
 
 

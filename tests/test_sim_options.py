@@ -299,3 +299,24 @@ def test_compare_over_epsilons_runs_each_level_writes_the_cost_and_resumes(tmp_p
     assert main(argv) == 0
     assert capsys.readouterr().out.count("(read back from") == 4
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")} == stamps
+
+
+def test_options_that_do_not_combine_are_refused_before_the_engine_starts(tmp_path):
+    with pytest.raises(UserError, match="'group-heads' does not combine with: secure aggregation"):
+        settings_from_args(parse("--secagg", "--group-heads"), "fsar", tmp_path)
+    with pytest.raises(UserError, match="'group-heads' does not combine with: central DP"):
+        settings_from_args(parse("--group-heads", "--central-dp-noise", "0.8", "--central-dp-clip", "5"), "fsar", tmp_path)
+    assert settings_from_args(parse("--group-heads"), "fsar", tmp_path).group_heads
+
+
+def test_a_coordinator_refuses_them_before_its_superlink_starts(tmp_path):
+    import io
+
+    from server.daemon import Coordinator, CoordinatorError
+    from server.federation_config import load_federation_config
+
+    config = load_federation_config(Path(__file__).resolve().parents[1] / "deploy" / "examples" / "federation.toml")
+    config.state_dir = tmp_path / "state"
+    config.run.update({"secagg": True, "group-heads": True})
+    with pytest.raises(CoordinatorError, match=r"\[run\] run config 'group-heads' does not combine with: secure aggregation"):
+        Coordinator(config, out=io.StringIO()).preflight()
