@@ -4,7 +4,8 @@
 ``<state_dir>/privacy-ledger.json``); ``--ledger PATH`` reads a ledger file directly.
 ``--check`` exits with status 1 when the budget is spent or the next round of the current
 run would exceed it, so scripts can tell whether a site can still take part (a run that
-has had all its rounds has no next round; a new run plans afresh over what is left).
+has had all its rounds has no next round; a new run plans afresh over what is left), and
+with status 0 for a site that has no ledger yet (it has its whole budget).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ledger_path(args: argparse.Namespace) -> tuple[Path, float | None]:
+    """The ledger's path and, with ``--site``, the site's budget (its target epsilon)."""
     if args.ledger:
         return Path(args.ledger), None
     from client.site_config import SiteConfigError, load_site_config
@@ -39,10 +41,15 @@ def _ledger_path(args: argparse.Namespace) -> tuple[Path, float | None]:
 
 
 def summarize(ledger: Any, delta: float | None = None, target: float | None = None) -> dict[str, Any]:
-    """The figures ``budget`` prints: spent, target, remaining, the plan and the next round."""
+    """The figures ``budget`` prints: spent, target, remaining, the plan and the next round.
+
+    ``delta`` only changes the delta at which ``epsilon`` (spent) is shown: the budget is
+    an epsilon at the ledger's own delta, so what remains of it, and whether the next
+    round fits, are always taken there."""
     delta = ledger.delta if delta is None else delta
     target = ledger.target_epsilon if target is None else target
     spent = ledger.epsilon(delta)
+    spent_at_budget_delta = ledger.epsilon()
     plan = ledger.plan or {}
     next_round = None
     finished = bool(plan) and _run_finished(ledger, plan)
@@ -51,11 +58,23 @@ def summarize(ledger: Any, delta: float | None = None, target: float | None = No
         next_round = {"epsilon_after": after, "within_budget": target is None or after <= target * (1 + 1e-9)}
     return {
         "ledger": ledger.where, "site": ledger.site, "accountant": ledger.mechanism, "delta": delta,
-        "epsilon": spent, "target_epsilon": target,
-        "remaining": None if target is None else max(0.0, target - spent),
+        "epsilon": spent, "target_epsilon": target, "budget_delta": ledger.delta,
+        "remaining": None if target is None else max(0.0, target - spent_at_budget_delta),
         "steps": ledger.steps, "rounds": len(ledger.rounds), "declined": len(ledger.declined),
         "plan": plan or None, "run_finished": finished, "next_round": next_round, "updated": ledger.updated,
     }
+
+
+def _untouched(path: Path, target: float | None, as_json: bool) -> int:
+    """What ``budget --site`` says before the site's first DP-SGD round: nothing spent.
+    With ``--check`` too the answer is 0: such a site can take part."""
+    if as_json:
+        print(json.dumps({"ledger": str(path), "exists": False, "epsilon": 0.0, "target_epsilon": target,
+                          "remaining": target, "steps": 0, "rounds": 0}, indent=2))
+    else:
+        budget = f"its budget, epsilon {target:g}, is untouched" if target is not None else "no budget set"
+        print(f"no privacy ledger at {path} yet: the site has not trained with DP-SGD; {budget}")
+    return 0
 
 
 def _run_finished(ledger: Any, plan: dict[str, Any]) -> bool:
@@ -74,7 +93,8 @@ def format_summary(summary: dict[str, Any], ledger: Any) -> str:
     lines.append(f"  spent      epsilon {summary['epsilon']:.4f} over {summary['steps']} DP-SGD steps "
                  f"in {summary['rounds']} rounds")
     if summary["target_epsilon"] is not None:
-        lines.append(f"  budget     epsilon {summary['target_epsilon']:g}, remaining {summary['remaining']:.4f}")
+        at = "" if summary["delta"] == summary["budget_delta"] else f" at delta {summary['budget_delta']:g}"
+        lines.append(f"  budget     epsilon {summary['target_epsilon']:g}{at}, remaining {summary['remaining']:.4f}")
     else:
         lines.append("  budget     none set (fixed noise multiplier)")
     plan = summary["plan"]
@@ -113,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     path, site_target = _ledger_path(args)
     if args.delta is not None and not 0 < args.delta < 1:
         raise UserError(f"--delta {args.delta} must be in (0, 1)")
+    if args.site and not path.exists():  # a site that has not trained with DP-SGD yet: its whole budget is left
+        return _untouched(path, site_target, args.json)
     try:
         ledger = read_ledger(path)
     except LedgerError as err:

@@ -168,3 +168,17 @@ def test_budget_command_shows_and_checks_the_ledger(tmp_path, capsys):
     assert "next round epsilon" in capsys.readouterr().out
     assert main(["budget", "--ledger", str(tmp_path / "none.json")]) == 2
     assert "no privacy ledger" in capsys.readouterr().err
+
+    # another --delta shows the spending there; the budget stays an epsilon at the ledger's delta
+    assert main(["budget", "--site", str(site_toml), "--json"]) == 0
+    at_own = json.loads(capsys.readouterr().out)
+    assert main(["budget", "--site", str(site_toml), "--json", "--delta", "1e-3"]) == 0
+    at_other = json.loads(capsys.readouterr().out)
+    assert at_other["epsilon"] < at_own["epsilon"] and at_other["remaining"] == at_own["remaining"]
+    assert main(["budget", "--site", str(site_toml), "--delta", "1e-3"]) == 0
+    assert f"budget     epsilon 7 at delta {DELTA:g}, remaining {at_own['remaining']:.4f}" in capsys.readouterr().out
+
+    # a site that has not trained with DP-SGD yet has its whole budget and can take part
+    (state / "privacy-ledger.json").rename(state / "kept.json")
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 0
+    assert "has not trained with DP-SGD; its budget, epsilon 7, is untouched" in capsys.readouterr().out
