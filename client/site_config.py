@@ -205,13 +205,12 @@ def load_site_config(path: str | Path) -> SiteConfig:
         max_noise_multiplier=_get(priv, "max_noise_multiplier", float, source, "privacy", None),
         ledger=_path(state_dir, priv["ledger"]) if "ledger" in priv else None,
     )
-    if privacy.epsilon is not None and privacy.epsilon <= 0:
-        raise SiteConfigError(f"{source}: [privacy] epsilon = {privacy.epsilon} must be positive")
     if not 0 < privacy.delta < 1:
         raise SiteConfigError(f"{source}: [privacy] delta = {privacy.delta} must be in (0, 1)")
-    if privacy.max_noise_multiplier is not None and not privacy.max_noise_multiplier > 0:
-        raise SiteConfigError(f"{source}: [privacy] max_noise_multiplier = {privacy.max_noise_multiplier} "
-                              "must be positive")
+    for field_name in ("epsilon", "max_grad_norm", "noise_multiplier", "max_noise_multiplier"):
+        value = getattr(privacy, field_name)
+        if value is not None and not value > 0:  # NaN too
+            raise SiteConfigError(f"{source}: [privacy] {field_name} = {value} must be positive")
 
     node = _table(raw, "node", source, required=False)
     executor = _get(node, "executor", str, source, "node", "warm")
