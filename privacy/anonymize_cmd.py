@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="the .npz file to write")
     parser.add_argument("--method", choices=("bones", "learned"), default="bones")
-    parser.add_argument("--keep-ratio", type=float, default=1.0,
-                        help="share of joint-time tokens the learned anonymizer keeps (0 < k <= 1)")
+    parser.add_argument("--keep-ratio", type=float, default=None,
+                        help="share of joint-time tokens the learned anonymizer keeps (0 < k <= 1; default 1)")
     parser.add_argument("--mix", type=float, default=None,
                         help="share of the predicted action's prototype in the learned output (default: the model's)")
     parser.add_argument("--model", type=Path, default=None, help="a saved learned anonymizer (.json or .npz)")
@@ -65,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     bones = bones_config(args)
     if args.method == "learned" and (args.model is None) == (args.fit_model is None):
         raise UserError("--method learned needs exactly one of --model or --fit-model")
+    learned_only = [f"--{name.replace('_', '-')}" for name in ("keep_ratio", "mix", "model", "fit_model")
+                    if getattr(args, name) is not None]
+    if args.method == "bones" and learned_only:  # ignored by the bone normalizer, so refused rather than reported
+        raise UserError(f"{', '.join(learned_only)}: options of --method learned, not of bones")
+    keep_ratio = 1.0 if args.keep_ratio is None else args.keep_ratio
     prepared = load_prepared(args)
     info = dataset_info(prepared, args)
     data = audit_data(prepared, args.dataset)
@@ -82,13 +87,13 @@ def run(args: argparse.Namespace) -> int:
             except (FileNotFoundError, ValueError) as err:
                 raise UserError(str(err)) from None
         try:
-            config = AnonymizationConfig(method="learned", keep_ratio=args.keep_ratio, model_path=str(model_path),
+            config = AnonymizationConfig(method="learned", keep_ratio=keep_ratio, model_path=str(model_path),
                                          mix=args.mix)
         except ValueError as err:
             raise UserError(str(err)) from None
     else:
         try:
-            config = AnonymizationConfig(method="bones", keep_ratio=args.keep_ratio, layout=data.layout.name, bones=bones)
+            config = AnonymizationConfig(method="bones", layout=data.layout.name, bones=bones)
         except ValueError as err:
             raise UserError(str(err)) from None
     try:
@@ -98,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     write_npz(export_dataset(protected, prepared, info["name"], args.keep_subjects, args.keep_attributes, args.seed),
               args.out)
     summary = {"out": str(args.out), "sequences": len(protected), "method": args.method,
-               "keep_ratio": args.keep_ratio, "pseudonymized": not args.keep_subjects,
+               "keep_ratio": keep_ratio if args.method == "learned" else None, "pseudonymized": not args.keep_subjects,
                "attributes_kept": bool(args.keep_attributes)}
     print(json.dumps(summary))
     return 0
