@@ -54,6 +54,28 @@ def check_head_start_model(value: Any, model_config: Mapping[str, Any]) -> str:
     return mode
 
 
+def check_releases_fit(run_config: Mapping[str, Any], model_config: Mapping[str, Any]) -> None:
+    """Under DP with a target epsilon, the statistics branch's scale release (and a
+    class-mean head start) must fit within their shares of ``dp-epsilon``; a ValueError
+    naming the key before round 1 rather than every site failing in it. A small epsilon
+    can be beyond what the RDP accountant's orders show (below about 0.55 at delta 1e-5)."""
+    import warnings
+
+    from privacy.dp import DPSettings
+    from privacy.feature_scale import release_noise as scale_release_noise
+
+    if not model_config.get("statistics"):
+        return
+    settings = DPSettings.resolve((run_config, "run config"))
+    if settings.epsilon is None:
+        return
+    with warnings.catch_warnings():  # the PRV accountant's log(0) notices on sample rate 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scale_release_noise(settings.epsilon, settings.delta, settings.accountant)
+        if check_head_start(run_config.get("head-start", "random")) == "class-means":
+            release_noise(settings)
+
+
 def class_sums(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-class sums ``[C, F]`` of the rows of ``z`` scaled to unit length: one sequence
     moves one row by at most 1, whatever its statistics (the release's sensitivity)."""

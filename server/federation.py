@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from models.roles import check_frozen_blocks, check_global_mix, check_shared_blocks
-from privacy.class_means import check_head_start_model
+from privacy.class_means import check_head_start_model, check_releases_fit
 from server.checkpoint import DeploymentHooks, resumes
 from server.loop import run_rounds
 from server.settings import RunSettings
@@ -204,6 +204,7 @@ def check_model_settings(settings: RunSettings, model_config: dict[str, Any]) ->
     check_frozen_blocks(settings.frozen_blocks, depth)
     check_global_mix(settings.global_mix, settings.personal_epochs)
     check_head_start_model(settings.head_start, model_config)
+    check_releases_fit(settings.to_run_config(), model_config)
 
 
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:

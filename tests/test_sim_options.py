@@ -320,3 +320,12 @@ def test_a_coordinator_refuses_them_before_its_superlink_starts(tmp_path):
     config.run.update({"secagg": True, "group-heads": True})
     with pytest.raises(CoordinatorError, match=r"\[run\] run config 'group-heads' does not combine with: secure aggregation"):
         Coordinator(config, out=io.StringIO()).preflight()
+
+
+def test_an_epsilon_too_small_for_the_statistics_release_is_refused_before_round_1(tmp_path):
+    statistics = ("--set", 'model-overrides={"statistics": true}')
+    with pytest.raises(UserError, match="dp-epsilon 0.3: no noise keeps the statistics scale release within"):
+        settings_from_args(parse(*statistics, "--dp-epsilon", "0.3", "--set", "dp-accountant=rdp"), "fsar", tmp_path)
+    # the PRV accountant shows it; without the branch there is no release
+    assert settings_from_args(parse(*statistics, "--dp-epsilon", "0.3", "--set", "dp-accountant=prv"), "fsar", tmp_path)
+    assert settings_from_args(parse("--dp-epsilon", "0.3", "--set", "dp-accountant=rdp"), "fsar", tmp_path)
