@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--sites: give at least one site name")
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     hosts += [h for h in LOOPBACK if h not in hosts]
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder for the keys")
     try:
         report = generate_keys(Path(args.out), sites, hosts, force=args.force)
     except KeyFileError as err:

@@ -70,7 +70,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="the settings that keep the most accuracy under DP-SGD: a warm start on the "
                              "built-in synthetic data (built once and cached), every graph block frozen, the "
                              "statistics branch, batch 128, AdamW 0.005, 5 local epochs, group heads, kept "
-                             "optimizer state, PRV accountant, heads started from class means; options given "
+                             "optimizer state, PRV accountant, heads started from class means, and on the "
+                             "sites that augment four copies per sequence from 32 pooled views; options given "
                              "explicitly win (docs/privacy.md)")
     parser.add_argument("--initial-model", default=None,
                         help="start from the shared parameters of a saved global model (a global.npz or the "

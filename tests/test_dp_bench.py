@@ -42,3 +42,11 @@ def test_on_cached_rows_the_benchmark_trains_the_head_alone_and_refuses_a_traina
     assert all("error" not in r and r["params"] == r["trained_params"] for r in rows)  # no backbone inside
     with pytest.raises(SystemExit, match="--frozen-blocks"):
         dp_bench.main(args + ["--frozen-blocks", "3"])
+
+
+def test_a_mode_the_model_refuses_is_a_row_even_without_warm_up_steps(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    assert dp_bench.main(["--model-overrides", SMALL, "--frames", "8", "--batch-size", "4", "--steps", "1",
+                          "--warmup", "0", "--modes", "plain,functorch", "--out", str(out)]) == 0
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["plain"]["seconds"] > 0 and "error" in rows["functorch"]

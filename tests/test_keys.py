@@ -154,3 +154,11 @@ def test_keys_command_always_adds_loopback(tmp_path, capsys):
     assert privacy_main(["keys", "--out", str(out), "--sites", "h1", "--hosts", "coord.example.org"]) == 0
     assert "kept" in capsys.readouterr().out
     assert privacy_main(["keys", "--out", str(out), "--sites", "bad name"]) == 2
+
+
+def test_an_out_path_that_is_a_file_is_refused_by_name(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    assert privacy_main(["keys", "--out", str(afile), "--sites", "a"]) == 2
+    assert f"--out {afile} is a file, not a folder for the keys" in capsys.readouterr().err
+    assert afile.read_text() == "kept"
