@@ -14,6 +14,13 @@ had already trained round ``k+1`` before the crash starts again from its round-`
 parameters, exactly as in an uninterrupted run. Without such a save (a new federation,
 or a new run of the same one from round 1) the newest save of any federation with the
 same model is used, so what a site learned carries over between runs.
+
+A round trained with DP-SGD only starts from saves that were themselves trained with
+DP-SGD (tagged ``dp`` in the index). DP-SGD's guarantee assumes a starting point that
+depends on the site's data only through releases the ledger accounts for; parameters
+fitted without DP on the same sequences (an earlier run without DP) would carry their
+information into every update the site sends, outside the budget. Such a round starts
+its personal part afresh instead (and refits the statistics scale under DP).
 """
 
 from __future__ import annotations
@@ -67,8 +74,9 @@ class PersonalStore:
             return []
         return list(data.get("entries", []))
 
-    def save(self, arrays: dict[str, np.ndarray], federation: str, server_round: int, model_tag: str) -> Path:
-        """Write one save; the index, written last, commits it."""
+    def save(self, arrays: dict[str, np.ndarray], federation: str, server_round: int, model_tag: str,
+             dp: bool = False) -> Path:
+        """Write one save (``dp``: trained with DP-SGD); the index, written last, commits it."""
         with self._locked():
             entries = self.entries()
             seq = 1 + max((int(e["seq"]) for e in entries), default=0)
@@ -77,7 +85,7 @@ class PersonalStore:
             entries = [e for e in entries if not (e["federation"] == federation and e["round"] == server_round)]
             entries.insert(0, {
                 "seq": seq, "file": name, "federation": federation, "round": int(server_round),
-                "model": model_tag, "saved_at": time.time(),
+                "model": model_tag, "dp": bool(dp), "saved_at": time.time(),
             })
             entries = entries[: self.keep]
             write_json(self.folder / INDEX, {"entries": entries})
@@ -87,15 +95,20 @@ class PersonalStore:
                     path.unlink(missing_ok=True)
         return self.folder / name
 
-    def choose(self, federation: str, server_round: int, model_tag: str) -> dict[str, Any] | None:
-        """The save a run of ``federation`` at ``server_round`` should start from."""
-        usable = [e for e in self.entries() if e.get("model") == model_tag]
+    def choose(self, federation: str, server_round: int, model_tag: str, dp_only: bool = False) -> dict[str, Any] | None:
+        """The save a run of ``federation`` at ``server_round`` should start from; with
+        ``dp_only`` (a round under DP-SGD) only saves trained with DP-SGD qualify."""
+        usable = [e for e in self.entries() if e.get("model") == model_tag and (e.get("dp") or not dp_only)]
+        if dp_only and not usable and any(e.get("model") == model_tag for e in self.entries()):
+            log.info("personal parameters: the saves on disk were trained without DP-SGD; this round uses DP-SGD, "
+                     "so the site starts its personal part afresh")
         same = [e for e in usable if e["federation"] == federation and e["round"] < server_round]
         pool = same or usable
         return max(pool, key=lambda e: e["seq"]) if pool else None
 
-    def load(self, federation: str, server_round: int, model_tag: str) -> dict[str, np.ndarray] | None:
-        entry = self.choose(federation, server_round, model_tag)
+    def load(self, federation: str, server_round: int, model_tag: str,
+             dp_only: bool = False) -> dict[str, np.ndarray] | None:
+        entry = self.choose(federation, server_round, model_tag, dp_only)
         return self.read(entry) if entry is not None else None
 
     def read(self, entry: dict[str, Any]) -> dict[str, np.ndarray] | None:
@@ -144,9 +157,11 @@ def load_personal(context: Context, config: ConfigRecord, evaluating: bool = Fal
     store = store_for(context)
     if store is None:
         return None
+    from privacy.dp import dp_requested
+
     federation = str(config.get("federation", ""))
     server_round = int(config.get("server-round", 0)) + (1 if evaluating else 0)
-    entry = store.choose(federation, server_round, model_tag(config))
+    entry = store.choose(federation, server_round, model_tag(config), dp_only=dp_requested(context, config))
     arrays = store.read(entry) if entry is not None else None
     if entry is None or arrays is None:
         return None
@@ -177,4 +192,7 @@ def save_personal(context: Context, config: ConfigRecord, personal: ArrayRecord,
     arrays = {k: v.numpy() for k, v in personal.items()}
     arrays.update({OWN_PREFIX + k: v.numpy() for k, v in (own or {}).items()})
     arrays.update({SAVE_PREFIX + k: v.numpy() for k, v in (optimizer or {}).items()})
-    store.save(arrays, str(config.get("federation", "")), int(config.get("server-round", 0)), model_tag(config))
+    from privacy.dp import dp_requested
+
+    store.save(arrays, str(config.get("federation", "")), int(config.get("server-round", 0)), model_tag(config),
+               dp=dp_requested(context, config))

@@ -218,6 +218,25 @@ def test_hooks_save_and_load_through_the_site_config(site_dir):
     assert load_personal(simulated, config) is None
 
 
+def test_a_round_under_dp_sgd_never_starts_from_parameters_trained_without_it(site_dir):
+    """Parameters fitted without DP on the same sequences would carry their information
+    into the DP run's updates, outside the ledger: such a round starts afresh."""
+    plain_site = site_dir / "site.toml"
+    plain_site.write_text(plain_site.read_text().replace("epsilon = 4.0\n", ""))
+    ctx = context_for(plain_site)
+    config = ConfigRecord({"federation": "fed", "server-round": 1, "model-config": "{}", "layout": "kinect-v1",
+                           "policy": "fsar"})
+    save_personal(ctx, config, ArrayRecord(OrderedDict((k, Array(v)) for k, v in arrays(5.0).items())))
+    private = ConfigRecord({**config, "federation": "fed-2", "dp-epsilon": 8.0})  # a new run, with DP-SGD
+    assert load_personal(context_for(plain_site), private) is None
+    assert load_personal(context_for(plain_site), config)["head.weight"].numpy()[0, 0] == 5.0  # without DP: carried over
+    save_personal(ctx, private, ArrayRecord(OrderedDict((k, Array(v)) for k, v in arrays(6.0).items())))
+    later = ConfigRecord({**private, "federation": "fed-3"})
+    assert load_personal(context_for(plain_site), later)["head.weight"].numpy()[0, 0] == 6.0  # trained under DP
+    store = PersonalStore(load_site_config(plain_site).personal_dir)
+    assert [e["dp"] for e in store.entries()] == [True, False]
+
+
 # -- metrics ---------------------------------------------------------------------------
 def message(content: RecordDict, kind: str) -> Message:
     meta = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=5, reply_to_message_id="",
