@@ -147,9 +147,10 @@ def test_the_warm_start_job_runs_one_thread_per_site_whatever_the_caller_set():
     assert caller["OMP_NUM_THREADS"] == "2"  # the caller's own environment is left as it was
 
 
-def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(capsys):
+def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(capsys, tmp_path):
     import tomllib
 
+    from server.settings import with_scenario_defaults
     from simulations.cli import main
 
     model = _cached_model()
@@ -158,10 +159,15 @@ def test_the_private_recipe_command_prints_a_run_table_a_coordinator_can_load(ca
     assert keys["initial-model"] == str(model) and keys["frozen-blocks"] == 4
     assert keys["group-heads"] is True and keys["dp-accountant"] == "prv" and keys["learning-rate"] == 0.005
     assert json.loads(keys["model-overrides"]) == {"statistics": True, "statistics_projection": False}
-    settings = RunSettings.from_run_config({**keys, "scenario": str(TINY)})
+    # a coordinator's [run] with these keys and the same scenario trains what fedsar-sim does
+    settings = RunSettings.from_run_config(with_scenario_defaults({**keys, "scenario": str(TINY)}))
     assert (settings.frozen_blocks, settings.batch_size, settings.keep_optimizer_state) == (4, 128, True)
     assert settings.head_start == "class-means"
     assert (keys["augment-multiplicity"], keys["augment-pool"]) == (4, 32)
+    deployed = settings.to_run_config()
+    simulated = settings_from_args(parse(), "fsar", tmp_path).to_run_config()
+    differing = {k: (deployed.get(k), v) for k, v in simulated.items() if deployed.get(k) != v}
+    assert set(differing) <= {"out-dir", "device"}, differing  # where the simulation writes and trains
 
 
 def test_the_printed_keys_of_a_scenario_the_warm_start_does_not_fit_are_refused(capsys):
