@@ -4,7 +4,9 @@
 ``<state_dir>/privacy-ledger.json``); ``--ledger PATH`` reads a ledger file directly.
 ``--check`` exits with status 1 when the budget is spent or the next round of the current
 run would exceed it, so scripts can tell whether a site can still take part (a run that
-has had all its rounds has no next round; a new run plans afresh over what is left), and
+has had all its rounds has no next round; a new run plans afresh over what is left, and
+``--check`` fails when one as long as the last would need more noise than the site's
+``max_noise_multiplier`` allows), and
 with status 0 for a site that has no ledger yet (it has its whole budget).
 """
 
@@ -24,23 +26,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--ledger", metavar="PATH", help="a privacy ledger file (JSON)")
     parser.add_argument("--delta", type=float, default=None, help="report epsilon at this delta (default: the ledger's)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the budget is spent or the current run's next round would exceed it")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when the budget is spent, the current run's next round would exceed it, or "
+                             "(the run finished) a new run as long would need more noise than max_noise_multiplier")
 
 
-def _ledger_path(args: argparse.Namespace) -> tuple[Path, float | None]:
-    """The ledger's path and, with ``--site``, the site's budget (its target epsilon)."""
+def _ledger_path(args: argparse.Namespace) -> tuple[Path, float | None, float | None]:
+    """The ledger's path and, with ``--site``, the site's budget (its target epsilon) and
+    its bound on the noise multiplier."""
     if args.ledger:
-        return Path(args.ledger), None
+        return Path(args.ledger), None, None
     from client.site_config import SiteConfigError, load_site_config
 
     try:
         site = load_site_config(args.site)
     except SiteConfigError as err:
         raise UserError(str(err)) from None
-    return site.ledger_path, site.privacy.epsilon
+    return site.ledger_path, site.privacy.epsilon, site.privacy.max_noise_multiplier
 
 
-def summarize(ledger: Any, delta: float | None = None, target: float | None = None) -> dict[str, Any]:
+def summarize(ledger: Any, delta: float | None = None, target: float | None = None,
+              max_noise: float | None = None) -> dict[str, Any]:
     """The figures ``budget`` prints: spent, target, remaining, the plan and the next round.
 
     ``delta`` only changes the delta at which ``epsilon`` (spent) is shown: the budget is
@@ -61,8 +67,27 @@ def summarize(ledger: Any, delta: float | None = None, target: float | None = No
         "epsilon": spent, "target_epsilon": target, "budget_delta": ledger.delta,
         "remaining": None if target is None else max(0.0, target - spent_at_budget_delta),
         "steps": ledger.steps, "rounds": len(ledger.rounds), "declined": len(ledger.declined),
-        "plan": plan or None, "run_finished": finished, "next_round": next_round, "updated": ledger.updated,
+        "plan": plan or None, "run_finished": finished, "next_round": next_round,
+        "new_run": _new_run(ledger, plan, target, max_noise) if finished else None, "updated": ledger.updated,
     }
+
+
+def _new_run(ledger: Any, plan: dict[str, Any], target: float | None, max_noise: float | None) -> dict[str, Any] | None:
+    """What a new run as long as the finished one would need: the noise multiplier that
+    spreads the budget left over its steps, and whether the site's ``max_noise_multiplier``
+    would make it decline every round of it."""
+    from privacy.dp import BudgetExhausted, noise_for_budget
+
+    if target is None or not {"rounds", "steps_per_round", "sample_rate"} <= set(plan):
+        return None
+    rounds = int(plan["rounds"])
+    try:
+        z = noise_for_budget(ledger.history, ledger.mechanism, target, ledger.delta, float(plan["sample_rate"]),
+                             rounds * int(plan["steps_per_round"]))
+    except BudgetExhausted:
+        return {"rounds": rounds, "noise_multiplier": None, "declined": True}
+    return {"rounds": rounds, "noise_multiplier": z, "declined": max_noise is not None and z > max_noise,
+            "max_noise_multiplier": max_noise}
 
 
 def _untouched(path: Path, target: float | None, as_json: bool) -> int:
@@ -111,6 +136,12 @@ def format_summary(summary: dict[str, Any], ledger: Any) -> str:
         if (nxt is None or not nxt["within_budget"]) and summary["remaining"]:
             lines.append(f"  a new run  spreads the {summary['remaining']:.4g} left over its rounds, with as much "
                          "noise as that takes (the site's dp-max-noise-multiplier, when set, bounds it)")
+        new = summary.get("new_run")
+        if new and new["noise_multiplier"] is not None:
+            verdict = (f"above max_noise_multiplier {new['max_noise_multiplier']:g}: the site would decline it"
+                       if new["declined"] else "and the site would train it")
+            lines.append(f"             one of {new['rounds']} rounds like run {plan['run']} needs noise multiplier "
+                         f"{new['noise_multiplier']:.4g}, {verdict}")
     if ledger.rounds:
         lines.append("")
         lines.append(f"  {'run':<12} {'round':>5} {'steps':>6} {'noise':>8} {'q':>8} {'epsilon':>9}  status")
@@ -130,7 +161,7 @@ def format_summary(summary: dict[str, Any], ledger: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from privacy.ledger import LedgerError, read_ledger
 
-    path, site_target = _ledger_path(args)
+    path, site_target, site_max_noise = _ledger_path(args)
     if args.delta is not None and not 0 < args.delta < 1:
         raise UserError(f"--delta {args.delta} must be in (0, 1)")
     if args.site and not path.exists():  # a site that has not trained with DP-SGD yet: its whole budget is left
@@ -140,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
     except LedgerError as err:
         hint = " (the site has not trained with DP-SGD yet)" if not path.exists() else ""
         raise UserError(f"{err}{hint}") from None
-    summary = summarize(ledger, args.delta, site_target)
+    summary = summarize(ledger, args.delta, site_target, site_max_noise)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary, ledger))
     if args.check:
         exhausted = (summary["remaining"] is not None and summary["remaining"] <= 0) or (
-            summary["next_round"] is not None and not summary["next_round"]["within_budget"])
+            summary["next_round"] is not None and not summary["next_round"]["within_budget"]) or (
+            summary["new_run"] is not None and summary["new_run"]["declined"])
         return 1 if exhausted else 0
     return 0

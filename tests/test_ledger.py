@@ -162,6 +162,16 @@ def test_budget_command_shows_and_checks_the_ledger(tmp_path, capsys):
     assert main(["budget", "--ledger", str(state / "privacy-ledger.json"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["run_finished"] is True and doc["next_round"] is None
+    # a new run as long as run-1 spreads the 0.7 left: a bound on the noise can make the site decline it
+    assert main(["budget", "--site", str(site_toml), "--json"]) == 0
+    new_run = json.loads(capsys.readouterr().out)["new_run"]
+    assert new_run["rounds"] == 2 and new_run["noise_multiplier"] > 1.0 and not new_run["declined"]
+    site_toml.write_text(site_toml.read_text().replace("epsilon = 7.0", "epsilon = 7.0\nmax_noise_multiplier = 1.0"))
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 1
+    assert "above max_noise_multiplier 1: the site would decline it" in capsys.readouterr().out
+    site_toml.write_text(site_toml.read_text().replace("max_noise_multiplier = 1.0", "max_noise_multiplier = 1000.0"))
+    assert main(["budget", "--site", str(site_toml), "--check"]) == 0
+    assert "and the site would train it" in capsys.readouterr().out
     with transaction(store, delta=DELTA) as ledger:
         ledger.plan = {**ledger.plan, "rounds": 3}  # one round of run-1 still to come
     assert main(["budget", "--site", str(site_toml), "--check"]) == 1
