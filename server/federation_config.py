@@ -9,6 +9,7 @@ Relative paths are relative to the folder of ``federation.toml``.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -100,9 +101,16 @@ def _with_scenario_defaults(run: dict[str, Any]) -> dict[str, Any]:
     from skeletons.scenario import ScenarioError
 
     try:
-        return with_scenario_defaults(run)
+        merged = with_scenario_defaults(run)
     except ScenarioError:
         return run
+    for key, value in merged.items():  # Flower's run config holds scalars only (it flattens tables)
+        if key == "model-overrides" and isinstance(value, dict):
+            merged[key] = json.dumps(value)  # the JSON text a run config carries
+        elif not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"{key} = {value!r} from the scenario's [defaults] must be a string, number or boolean "
+                             f"in a coordinator's run config")
+    return merged
 
 
 def _path(base: Path, value: str) -> Path:

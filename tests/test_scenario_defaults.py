@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from server.federation_config import load_federation_config
+from server.federation_config import FederationConfigError, load_federation_config
 from server.settings import RunSettings, with_scenario_defaults
 from simulations.run import add_arguments, settings_from_args
 
@@ -57,3 +58,17 @@ def test_a_coordinator_run_takes_the_scenario_defaults_it_does_not_set(tmp_path:
     config.state_dir = tmp_path / "state"
     written = tomllib.loads((write_app(config, resume=False) / "pyproject.toml").read_text())
     assert written["tool"]["flwr"]["app"]["config"]["num-server-rounds"] == 2
+
+
+def test_a_table_in_the_defaults_reaches_a_coordinator_as_the_json_text_a_run_config_holds(tmp_path: Path) -> None:
+    scenario = (EXAMPLES / "tiny-scenario.toml").read_text().replace(
+        "[defaults]\n", '[defaults]\nmodel-overrides = { statistics = true }\n')
+    (tmp_path / "tiny-scenario.toml").write_text(scenario)
+    (tmp_path / "federation.toml").write_text((EXAMPLES / "federation.toml").read_text())
+    config = load_federation_config(tmp_path / "federation.toml")
+    assert json.loads(config.run["model-overrides"]) == {"statistics": True}
+    assert config.settings().extra["model-overrides"] == config.run["model-overrides"]
+    (tmp_path / "tiny-scenario.toml").write_text(
+        scenario.replace("model-overrides = { statistics = true }", 'anonymize = { method = "bones" }'))
+    with pytest.raises(FederationConfigError, match=r"\[run\] anonymize = .* from the scenario's \[defaults\] must be"):
+        load_federation_config(tmp_path / "federation.toml")
