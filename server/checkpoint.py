@@ -33,8 +33,28 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST = "checkpoint.json"
 KEEP = 2
-# Settings that must not change between a checkpoint and its resumption.
+# Settings that must not change between a checkpoint and its resumption (manifests that
+# predate "settings" hold only these).
 PINNED = ("scenario", "strategy", "seed", "model_preset", "server_momentum")
+# Run-config keys a resumed run may change: more rounds, and how the run is operated
+# (where files go, how long a round waits, how often it evaluates); every other key
+# shapes the training and is pinned.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "num-server-rounds", "timeout-s", "min-sites", "eval-every", "eval-trained", "device", "data-root",
+    "paths-file", "out-dir", "checkpoint-dir", "status-file", "resume", "federation",
+})
+
+
+def changed_settings(manifest: dict[str, Any], settings: RunSettings) -> dict[str, tuple[Any, Any]]:
+    """The settings that differ between a checkpoint's manifest and a run resuming it:
+    ``{key: (then, now)}`` over every key the run may not change."""
+    saved = manifest.get("settings")
+    if saved is None:  # an older manifest: its pinned fields only
+        pinned = manifest.get("pinned", {})
+        return {k: (pinned.get(k), v) for k, v in _pinned(settings).items() if k in pinned and pinned[k] != v}
+    now = json.loads(json.dumps(settings.to_run_config()))  # the form the manifest keeps
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+            if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != now.get(k)}
 
 
 class CheckpointError(ValueError):
@@ -84,6 +104,12 @@ def history_to_json(history: list[RoundRecord]) -> list[dict[str, Any]]:
 def history_from_json(raw: list[dict[str, Any]]) -> list[RoundRecord]:
     known = {f.name for f in dataclasses.fields(RoundRecord)}
     return [RoundRecord(**{k: v for k, v in r.items() if k in known}) for r in raw]
+
+
+def changed_message(manifest_path: Path, changed: dict[str, tuple[Any, Any]]) -> str:
+    details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    return (f"checkpoint {manifest_path} was written with other settings ({details}); a resumed run may change "
+            f"only num-server-rounds and how it is operated, or start afresh with --new-run")
 
 
 def _pinned(settings: RunSettings) -> dict[str, Any]:
@@ -201,11 +227,9 @@ class DeploymentHooks:
             self._status(strategy, "running")
             return 1, arrays
         checkpoint = self.checkpoints.load()
-        pinned = checkpoint.manifest.get("pinned", {})
-        changed = {k: (pinned.get(k), v) for k, v in _pinned(self.settings).items() if k in pinned and pinned[k] != v}
+        changed = changed_settings(checkpoint.manifest, self.settings)
         if changed:
-            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise CheckpointError(f"checkpoint {self.checkpoints.manifest_path} was written with other settings ({details})")
+            raise CheckpointError(changed_message(self.checkpoints.manifest_path, changed))
         for key, ref in arrays.items():
             got = checkpoint.arrays.get(key)
             if got is None or tuple(got.shape) != tuple(ref.shape):

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from server.checkpoint import RoundCheckpoints
+from server.checkpoint import CheckpointError, RoundCheckpoints, changed_message, changed_settings
 from server.control import Control, ControlError
 from server.federation_config import FederationConfig
 from server.metrics import STATE_ENV
@@ -200,6 +200,14 @@ class Coordinator:
         except ValueError as err:
             problems.append(f"[run] {err}")
         checkpoints = RoundCheckpoints(self.config.checkpoint_dir)
+        if checkpoints.exists() and self.resume:  # a [run] the checkpoint cannot go on with fails before the SuperLink starts
+            try:
+                changed = changed_settings(checkpoints.load().manifest, self.config.settings())
+            except CheckpointError as err:
+                problems.append(str(err))
+            else:
+                if changed:
+                    problems.append(changed_message(checkpoints.manifest_path, changed))
         if checkpoints.exists() and not (self.resume or self.new_run):
             problems.append(
                 f"{self.config.checkpoint_dir} holds a checkpoint of round {checkpoints.latest_round()}: "

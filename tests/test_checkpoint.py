@@ -178,6 +178,14 @@ def test_resume_refuses_other_settings_and_fresh_start_refuses_old_checkpoint(tm
         DeploymentHooks.from_settings(settings_for(tmp_path, resume=False)).start(make_strategy(), start_arrays())
     with pytest.raises(CheckpointError, match=r"strategy: 'fsar' -> 'fedavg'"):
         DeploymentHooks.from_settings(settings_for(tmp_path, resume=True, strategy="fedavg")).start(make_strategy(), start_arrays())
+    # every key that shapes the training is pinned, not only the strategy's identity
+    for key, value in (("learning-rate", 0.01), ("dp-epsilon", 8.0), ("local-epochs", 3)):
+        with pytest.raises(CheckpointError, match=rf"{key}: .* -> {value!r}\); a resumed run may change only"):
+            DeploymentHooks.from_settings(settings_for(tmp_path, resume=True, **{key: value})).start(
+                make_strategy(), start_arrays())
+    # more rounds, and how the run is operated, may change
+    more = settings_for(tmp_path, resume=True, **{"num-server-rounds": 6, "timeout-s": 60.0, "eval-every": 2})
+    assert DeploymentHooks.from_settings(more).start(make_strategy(), start_arrays())[0] == 2
     bigger = ArrayRecord(OrderedDict(w=Array(np.zeros((4, 3), np.float32)), b=Array(np.ones(3, np.float32))))
     with pytest.raises(CheckpointError, match=r"parameter 'w' is \(2, 3\), the model expects \(4, 3\)"):
         DeploymentHooks.from_settings(settings_for(tmp_path, resume=True)).start(make_strategy(), bigger)
@@ -437,3 +445,23 @@ def test_start_takes_resume_or_new_run_not_both(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--config", "f.toml", "--new-run", "--resume"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_resume_with_a_changed_run_is_refused_before_the_superlink_starts(tmp_path):
+    import io
+
+    from server.daemon import Coordinator, CoordinatorError
+
+    config = load_federation_config(EXAMPLES / "federation.toml")
+    config.state_dir = tmp_path / "state"
+    strategy = make_strategy()
+    RoundCheckpoints(config.checkpoint_dir).save(1, play_round(strategy, start_arrays(), 1), strategy, config.settings())
+    config.run["learning-rate"] = 0.01
+    with pytest.raises(CoordinatorError, match=r"learning-rate: 0.05 -> 0.01\); a resumed run may change only"):
+        Coordinator(config, resume=True, out=io.StringIO()).preflight()
+    config.run["learning-rate"] = 0.05
+    config.run["num-server-rounds"] = 9
+    try:  # more rounds may change; the example's keys, when not made, are all that can be missing
+        Coordinator(config, resume=True, out=io.StringIO()).preflight()
+    except CoordinatorError as err:
+        assert "other settings" not in str(err)
