@@ -192,11 +192,15 @@ class Coordinator:
                             len(scenario.sites), len(self.config.sites))
         except ScenarioError as err:
             problems.append(f"[run] scenario: {err}")
-        try:  # privacy options that cannot start, or do not combine, fail here rather than in the ServerApp
+        try:  # a strategy or privacy options that cannot start fail here rather than in the ServerApp
             from privacy.coordinator import check_run_config
             from server.federation import check_group_heads
+            from strategies.registry import STRATEGY_NAMES
 
-            check_group_heads(self.config.settings(), check_run_config(self.config.run))
+            settings = self.config.settings()
+            if settings.strategy not in STRATEGY_NAMES:
+                raise ValueError(f"strategy = {settings.strategy!r} is unknown; choose from {', '.join(STRATEGY_NAMES)}")
+            check_group_heads(settings, check_run_config(self.config.run))
         except ValueError as err:
             problems.append(f"[run] {err}")
         checkpoints = RoundCheckpoints(self.config.checkpoint_dir)

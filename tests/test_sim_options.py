@@ -320,6 +320,9 @@ def test_a_coordinator_refuses_them_before_its_superlink_starts(tmp_path):
     config.run.update({"secagg": True, "group-heads": True})
     with pytest.raises(CoordinatorError, match=r"\[run\] run config 'group-heads' does not combine with: secure aggregation"):
         Coordinator(config, out=io.StringIO()).preflight()
+    config.run.update({"secagg": False, "strategy": "fsr"})
+    with pytest.raises(CoordinatorError, match=r"\[run\] strategy = 'fsr' is unknown; choose from fsar, fedavg"):
+        Coordinator(config, out=io.StringIO()).preflight()
 
 
 def test_an_epsilon_too_small_for_the_statistics_release_is_refused_before_round_1(tmp_path):
