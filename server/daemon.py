@@ -388,6 +388,7 @@ class Coordinator:
         # the status file may still be an earlier run's: a resumed run goes on after its rounds, a new one at 1
         seen_round = int((read_status(self.config.status_file) or {}).get("rounds_completed", 0)) if self.resume else 0
         next_nodes = 0.0
+        announced = False  # with keep_running the loop goes on after the run: its end is said once
         log_path = self.config.log_dir / "superlink.log"
         while not self._stopping:
             if self.superlink is not None and self.superlink.poll() is not None:
@@ -408,7 +409,8 @@ class Coordinator:
             if entry is not None and entry.status != self.run_status:
                 self.run_status = entry.status
                 self._write_daemon_file()
-            if entry is not None and entry.finished:
+            if entry is not None and entry.finished and not announced:
+                announced = True
                 if entry.succeeded:
                     self.say(f"run {self.run_id} completed; results in {self.config.out_dir}")
                 else:
