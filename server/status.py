@@ -116,18 +116,23 @@ def _pct(value: float | None) -> str:
 def format_status(doc: dict[str, Any] | None, daemon: dict[str, Any] | None, nodes: list[dict[str, Any]] | None) -> str:
     """Human-readable status for ``fedsar-server status``."""
     lines = []
+    alive = bool(daemon and daemon.get("alive"))
     if daemon:
-        alive = "running" if daemon.get("alive") else "not running"
-        lines.append(f"coordinator: {alive} (pid {daemon.get('pid')}), SuperLink {daemon.get('address')}, run {daemon.get('run_id', '-')}"
-                     + (f" [{daemon['run_status']}]" if daemon.get("run_status") else ""))
+        # a stopped coordinator's daemon file keeps the run status it last saw: not shown as current
+        run_status = f" [{daemon['run_status']}]" if alive and daemon.get("run_status") else ""
+        lines.append(f"coordinator: {'running' if alive else 'not running'} (pid {daemon.get('pid')}), "
+                     f"SuperLink {daemon.get('address')}, run {daemon.get('run_id', '-')}{run_status}")
     else:
         lines.append("coordinator: never started with this state folder")
     if doc is None:
         lines.append("run: no round finished yet")
     else:
         resumed = f", resumed at round {doc['first_round']}" if doc.get("resumed") else ""
+        state = doc["state"]
+        if state == "running" and daemon is not None and not alive:
+            state = "interrupted (the coordinator stopped; fedsar-server start --resume goes on)"
         lines.append(
-            f"run: {doc['state']}, {doc['rounds_completed']}/{doc['num_rounds']} rounds, strategy {doc['strategy']}, "
+            f"run: {state}, {doc['rounds_completed']}/{doc['num_rounds']} rounds, strategy {doc['strategy']}, "
             f"scenario {doc['scenario']}{resumed}"
         )
         if doc.get("error"):

@@ -224,6 +224,12 @@ def test_status_and_metrics_from_the_status_file(tmp_path, monkeypatch):
     assert "2/4 rounds" in text and "1 connected of 2 enrolled" in text and "site-13" in text
     assert "(after local training 52.0%)" in text
     assert "site-12                  0.5000     62.0%    52.0%" in text, text
+    assert "run: running, 2/4 rounds" in text
+    # a coordinator that was killed or stopped mid-run: its last word is not shown as current
+    dead = format_status(doc, {"alive": False, "pid": 1, "address": "localhost:9092", "run_id": 7,
+                               "run_status": "running"}, None)
+    assert "coordinator: not running (pid 1), SuperLink localhost:9092, run 7\n" in dead and "[running]" not in dead
+    assert "run: interrupted (the coordinator stopped; fedsar-server start --resume goes on), 2/4 rounds" in dead
 
 
 def test_a_site_that_declines_keeps_its_epsilon_in_the_status():
