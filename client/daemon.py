@@ -30,11 +30,13 @@ from skeletons.processes import free_port, lock_state_folder, processes_marked, 
 
 log = logging.getLogger(__name__)
 
+# the first marker found in the SuperNode's log wins: the more specific ones come first (a
+# hostname mismatch is also reported as CERTIFICATE_VERIFY_FAILED)
 REFUSALS = {
     "[code: 2004]": "the coordinator refused this site's key: it is not enrolled (or was revoked)",
     "[code: 2001]": "the coordinator refused this site: site authentication is on and no key was given",
+    "Hostname mismatch": "the coordinator's TLS certificate is not valid for the host in [coordinator] address",
     "CERTIFICATE_VERIFY_FAILED": "the coordinator's TLS certificate is not signed by the site's CA certificate",
-    "Hostname mismatch": "the coordinator's TLS certificate is not valid for the address in [coordinator] address",
     "SuperNode authentication requires a secure TLS connection": "site authentication needs TLS",
 }
 RESTART_MAX_S = 30.0

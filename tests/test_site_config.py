@@ -273,6 +273,10 @@ def test_site_daemon_spots_refusals_and_builds_a_tls_authenticated_supernode(sit
 
     assert "not enrolled" in refusal_in("Failed to activate SuperNode.\n[code: 2004] ...")
     assert "not signed" in refusal_in("ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED]")
+    # as a SuperNode logs a certificate that does not name the host the site dialled
+    mismatch = ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, certificate is "
+                "not valid for 'vm'. (_ssl.c:1006)")
+    assert refusal_in(mismatch) == "the coordinator's TLS certificate is not valid for the host in [coordinator] address"
     assert refusal_in("Connection attempt failed, retrying in 3.40 seconds") is None
     site = load_site_config(site_dir / "site.toml")
     cmd = SiteDaemon(site).supernode_command()
