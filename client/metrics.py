@@ -97,9 +97,15 @@ def record_exchange(context: Any, kind: str, received: Any, reply: Any) -> None:
         for record in reply.content.metric_records.values():
             metrics.update({k: float(v) for k, v in record.items() if isinstance(v, (int, float))})
 
+    run_id = int(received.metadata.run_id)
+
     def change(doc: dict[str, Any]) -> None:
         doc["site"] = site.name
-        doc["last_round"] = max(int(doc.get("last_round", 0)), server_round)
+        if doc.get("run_id") != run_id:  # a new run (or a resumed one) counts its own rounds
+            doc["run_id"] = run_id
+            doc["last_round"] = server_round
+        else:
+            doc["last_round"] = max(int(doc.get("last_round", 0)), server_round)
         doc["bytes_received"] = int(doc.get("bytes_received", 0)) + got
         doc["bytes_sent"] = int(doc.get("bytes_sent", 0)) + sent
         counts = doc.setdefault("messages", {})

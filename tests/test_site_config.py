@@ -238,8 +238,8 @@ def test_a_round_under_dp_sgd_never_starts_from_parameters_trained_without_it(si
 
 
 # -- metrics ---------------------------------------------------------------------------
-def message(content: RecordDict, kind: str) -> Message:
-    meta = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=5, reply_to_message_id="",
+def message(content: RecordDict, kind: str, run_id: int = 1) -> Message:
+    meta = Metadata(run_id=run_id, message_id="m", src_node_id=0, dst_node_id=5, reply_to_message_id="",
                     group_id="1", created_at=0.0, ttl=60.0, message_type=kind)
     return Message(content=content, metadata=meta)
 
@@ -255,6 +255,10 @@ def test_record_exchange_accumulates_in_the_metrics_file(site_dir):
     doc = read_metrics(load_site_config(site_dir / "site.toml").metrics_file)
     assert doc["bytes_received"] == doc["bytes_sent"] == 2 * len(sent["w"].data)
     assert doc["messages"]["train"] == 2 and doc["train"]["train-loss"] == pytest.approx(0.7) and doc["last_round"] == 3
+    # the next run starts again at round 1: the last round is that run's, not the highest ever seen
+    next_run = message(RecordDict({"arrays": sent, "config": ConfigRecord({"server-round": 1})}), "train", run_id=2)
+    record_exchange(ctx, "train", next_run, Message(reply_content, reply_to=next_run))
+    assert read_metrics(load_site_config(site_dir / "site.toml").metrics_file)["last_round"] == 1
 
 
 def test_privacy_spent_reaches_the_daemon_collector(tmp_path, monkeypatch):
