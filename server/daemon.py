@@ -454,3 +454,6 @@ class Coordinator:
             if self.control is not None:
                 self.control.close()
             stop_process(self.superlink)
+            # the SuperExec and the ServerApp run in sessions of their own: they would outlive
+            # the SuperLink for a minute or more (until they notice it is gone)
+            stop_pids(processes_marked(STATE_ENV, str(self.config.state_dir)))

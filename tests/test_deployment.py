@@ -117,6 +117,11 @@ def test_end_to_end_tls_authentication_and_screening(federation, tmp_path):
     assert "round 2/2" in out and "tamperer" in out
     serverapp_log = (fed.state / "logs" / "serverapp.log").read_text()
     assert "dropped reply from tamperer: parameter" in serverapp_log
+    assert "mean site acc" in serverapp_log  # the ServerApp logs each round's line
+    from server.daemon import STATE_ENV
+    from skeletons.processes import processes_marked
+
+    assert processes_marked(STATE_ENV, str(fed.state.resolve())) == []  # no SuperExec or ServerApp outlives the coordinator
     model = read_arrays(fed.state / "run" / "global.npz")
     assert model and all(np.isfinite(a).all() for a in model.values())
     for site in HONEST:
