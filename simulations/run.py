@@ -222,12 +222,20 @@ def run(args: argparse.Namespace) -> int:
 
 def check_some_site_trained(results: dict) -> None:
     """A :class:`UserError` with the sites' own error when no site trained in any round
-    because every reply was an error (not a decline): the run measured nothing."""
+    because every reply was an error (not a decline): the run measured nothing. Likewise
+    when some site failed in every round (its data could not be loaded, say): the table
+    then covers only the others, and a mean over them is not the scenario's."""
     rounds = results.get("rounds") or []
     errors = [d for r in rounds for d in r.get("dropped", []) if "site reported an error" in d]
     if rounds and errors and not any(r.get("sites_ok") for r in rounds):
         raise UserError(f"no site trained in any round; the first site error: {error_line(errors[0])} "
                         f"(results.json lists them all)")
+    failing = [{d.split(":", 1)[0] for d in r.get("dropped", []) if "site reported an error" in d} for r in rounds]
+    always = set.intersection(*failing) if failing else set()
+    if always:
+        first = next(d for d in errors if d.split(":", 1)[0] in always)
+        raise UserError(f"{counted(len(always), 'site')} failed in every round, so the table covers only the others; "
+                        f"the first error: {error_line(first)} (results.json lists them all)")
 
 
 def error_line(report: str) -> str:

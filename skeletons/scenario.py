@@ -72,6 +72,10 @@ class SiteSpec:
         for required in ("name", "dataset"):
             if required not in raw:
                 raise ScenarioError(f"{where}: missing field {required!r}")
+        from skeletons.datasets import DATASET_NAMES
+
+        if raw["dataset"] not in DATASET_NAMES:  # caught here, not by every process of the site in every round
+            raise ScenarioError(f"{where}: dataset {raw['dataset']!r} is unknown; known: {', '.join(DATASET_NAMES)}")
         if raw.get("anonymize") is not None:
             from privacy.site_anonymization import SiteAnonymization
 

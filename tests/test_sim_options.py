@@ -103,6 +103,11 @@ def test_a_run_where_every_site_failed_is_an_error_naming_the_sites_error():
                                         "device 'cuda:3' requested but CUDA is not available here"):
         check_some_site_trained(failed)
     check_some_site_trained({"rounds": [{"sites_ok": 0, "dropped": [report]}, {"sites_ok": 2, "dropped": []}]})
+    # one site failing in every round while the others train: its data never loaded
+    unknown = report.replace("device 'cuda:3' requested but CUDA is not available here", "unknown data set 'msr-action3D'")
+    with pytest.raises(UserError, match="1 site failed in every round, so the table covers only the others; "
+                                        "the first error: ValueError: unknown data set 'msr-action3D'"):
+        check_some_site_trained({"rounds": [{"sites_ok": 1, "dropped": [unknown]}, {"sites_ok": 1, "dropped": [unknown]}]})
     declined = "site-a: declined the round: round 3 would raise epsilon from 7.99 to 8.41, over the budget 8"
     check_some_site_trained({"rounds": [{"sites_ok": 0, "dropped": [declined]}]})  # a decline is no failure
 
@@ -332,3 +337,10 @@ def test_an_epsilon_too_small_for_the_statistics_release_is_refused_before_round
     # the PRV accountant shows it; without the branch there is no release
     assert settings_from_args(parse(*statistics, "--dp-epsilon", "0.3", "--set", "dp-accountant=prv"), "fsar", tmp_path)
     assert settings_from_args(parse("--dp-epsilon", "0.3", "--set", "dp-accountant=rdp"), "fsar", tmp_path)
+
+
+def test_a_scenario_site_with_an_unknown_data_set_is_refused_when_the_scenario_loads(tmp_path):
+    scenario = tmp_path / "mine.toml"
+    scenario.write_text(TINY.read_text().replace('dataset = "synthetic"', 'dataset = "msr-action3D"', 1))
+    with pytest.raises(UserError, match=r"mine.toml.*dataset 'msr-action3D' is unknown; known: .*msr-action3d"):
+        settings_from_args(parse("--scenario", str(scenario)), "fsar", tmp_path)
