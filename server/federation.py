@@ -44,6 +44,10 @@ def model_config_for(scenario: Scenario, preset: str, overrides: str | dict[str,
 
     base = asdict(ModelConfig.preset(preset))
     base.update(scenario.model)
+    try:
+        ModelConfig.from_dict(base)
+    except (ValueError, TypeError) as err:  # a misspelt field of the scenario's [model] table
+        raise ValueError(f"scenario {scenario.source or scenario.name}: [model]: {err}") from None
     if overrides:
         try:
             extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
@@ -194,17 +198,23 @@ def check_group_heads(settings: RunSettings, privacy_report: dict[str, Any]) -> 
     return True
 
 
-def check_model_settings(settings: RunSettings, model_config: dict[str, Any]) -> None:
-    """A ValueError naming the run-config key whose value the model cannot take (shared or
-    frozen blocks beyond its depth, a global mix without personal epochs, a class-mean
-    head start without the statistics branch). The simulation calls it before the engine
-    starts; a deployed coordinator before round 1."""
+def check_run_settings(settings: RunSettings, model_config: dict[str, Any]) -> None:
+    """A ValueError naming the run-config key whose value the run cannot take (shared or
+    frozen blocks beyond the model's depth, a global mix without personal epochs, a
+    class-mean head start without the statistics branch, an unknown learning-rate
+    schedule, personal epochs under DP-SGD, an epsilon too small for the releases). The
+    simulation calls it before the engine starts; a deployed coordinator before round 1."""
+    from privacy.dp import DPSettings, check_personal_epochs
+    from strategies.screening import check_lr_schedule
+
     depth = len(model_config["channels"])
     check_shared_blocks(settings.shared_blocks, depth)
     check_frozen_blocks(settings.frozen_blocks, depth)
     check_global_mix(settings.global_mix, settings.personal_epochs)
     check_head_start_model(settings.head_start, model_config)
     check_releases_fit(settings.to_run_config(), model_config)
+    check_lr_schedule(settings.lr_schedule)
+    check_personal_epochs(settings.personal_epochs, DPSettings.resolve((settings.to_run_config(), "run config")).enabled)
 
 
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -212,7 +222,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     scenario = with_run_anonymization(resolve_scenario(settings.scenario, settings.paths_file or None),
                                       settings.extra.get("anonymize"))
     model_config = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
-    check_model_settings(settings, model_config)
+    check_run_settings(settings, model_config)
     if settings.frozen_blocks and not settings.extra.get("initial-model"):
         log.warning("frozen-blocks = %d without initial-model: the sites keep randomly initialized features "
                     "in those blocks", settings.frozen_blocks)
@@ -275,10 +285,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     )
     for key, value in privacy.train_keys.items():
         train_config[key] = value
-    strategy.group_heads = check_group_heads(settings, privacy.report())
-    from privacy.dp import DPSettings, check_personal_epochs
-
-    check_personal_epochs(settings.personal_epochs, DPSettings.resolve((privacy.train_keys, "run config")).enabled)
+    strategy.group_heads = check_group_heads(settings, privacy.report())  # personal epochs: check_run_settings
     started = time.perf_counter()
 
     def on_round_end(server_round: int, global_arrays: ArrayRecord) -> None:

@@ -157,10 +157,10 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
 
         resolve_device(settings.device)  # the simulated sites run here: a device this machine lacks fails now
         # a bad model fails before the engine starts
-        from server.federation import check_group_heads, check_model_settings, model_config_for
+        from server.federation import check_group_heads, check_run_settings, model_config_for
 
         model = model_config_for(scenario, settings.model_preset, settings.extra.get("model-overrides"))
-        check_model_settings(settings, model)
+        check_run_settings(settings, model)
         check_group_heads(settings, switched_on)
         run_recipe = settings.augmentation()
         for site in scenario.sites:
@@ -213,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
     scenario = scenario_for_engine(args, settings)
     print(f"scenario {scenario.name}: {len(scenario.sites)} sites, strategy {settings.strategy}, "
           f"{counted(settings.num_server_rounds, 'round')} -> {out}/results.json", flush=True)
-    results = simulate(scenario, settings)
+    try:
+        results = simulate(scenario, settings)
+    except ValueError as err:  # what the coordinator refuses when the run starts (a site's data folder, ...)
+        raise UserError(str(err)) from None
     print()
     print(site_table(results))
     check_some_site_trained(results)

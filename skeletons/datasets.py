@@ -54,7 +54,10 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> S
     if name == "synthetic":  # generated directly in the requested layout
         from skeletons.synthetic import generate_synthetic
 
-        return generate_synthetic(**options)
+        try:
+            return generate_synthetic(**options)
+        except TypeError as err:  # a misspelt option: the generator names it
+            raise ValueError(f"synthetic data set options: {err}") from None
     layout = options.pop("layout", None)
     load = loader(name)
     if root is None:

@@ -344,3 +344,22 @@ def test_a_scenario_site_with_an_unknown_data_set_is_refused_when_the_scenario_l
     scenario.write_text(TINY.read_text().replace('dataset = "synthetic"', 'dataset = "msr-action3D"', 1))
     with pytest.raises(UserError, match=r"mine.toml.*dataset 'msr-action3D' is unknown; known: .*msr-action3d"):
         settings_from_args(parse("--scenario", str(scenario)), "fsar", tmp_path)
+
+
+def test_run_settings_no_run_can_take_are_refused_before_the_engine_starts(tmp_path):
+    with pytest.raises(UserError, match="run config 'lr-schedule' 'cosin' unknown; choose from constant, cosine"):
+        settings_from_args(parse("--set", "lr-schedule=cosin"), "fsar", tmp_path)
+    with pytest.raises(UserError, match="'personal-epochs' > 0 is not available with DP-SGD"):
+        settings_from_args(parse("--personal-epochs", "1", "--dp-epsilon", "8"), "fsar", tmp_path)
+    scenario = tmp_path / "typo.toml"
+    scenario.write_text(TINY.read_text().replace("temporal_kernel", "temporal_kernal"))
+    assert "temporal_kernal" in scenario.read_text()
+    with pytest.raises(UserError, match=r"typo.toml: \[model\]: model config has unknown fields: temporal_kernal"):
+        settings_from_args(parse("--scenario", str(scenario)), "fsar", tmp_path)
+
+
+def test_a_misspelt_synthetic_option_is_named():
+    from skeletons.datasets import load_dataset
+
+    with pytest.raises(ValueError, match="synthetic data set options: .*num_clases"):
+        load_dataset("synthetic", num_clases=4)
