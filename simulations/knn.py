@@ -20,7 +20,8 @@ from skeletons.clikit import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="output folder of fedsar-sim run (global.npz, global.json)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="output folder of fedsar-sim run (global.npz, global.json), or its global.npz")
     parser.add_argument("--dataset", required=True, help="data set name, e.g. msr-action3d or synthetic")
     parser.add_argument("--data-root", default="", help="folder holding the data sets")
     parser.add_argument("--k", type=int, default=5)
@@ -80,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from skeletons.preprocess import PreprocessConfig, to_arrays
 
     checkpoint = Path(args.checkpoint)
+    if checkpoint.is_file() and checkpoint.name == "global.npz":  # the run's model file: its folder
+        checkpoint = checkpoint.parent
+    if not checkpoint.is_dir():
+        raise UserError(f"--checkpoint {args.checkpoint} does not exist (give the output folder of fedsar-sim run)")
     model, depth = load_backbone(checkpoint)
     meta = json.loads((checkpoint / "global.json").read_text())
     root = None
@@ -87,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.data_root:
             raise UserError(f"data set {args.dataset!r} needs --data-root")
         root = Path(args.data_root) / args.dataset
-    dataset = load_dataset(args.dataset, root, **({"layout": meta["layout"]} if root is None else {}))
+        if not root.is_dir():
+            raise UserError(f"--data-root {args.data_root} holds no {args.dataset}/ folder (give the folder that "
+                            f"holds nw-ucla/, msr-action3d/, kinder-gator/)")
+    try:
+        dataset = load_dataset(args.dataset, root, **({"layout": meta["layout"]} if root is None else {}))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{args.dataset}: {err}") from None
     dataset = in_layout(dataset, meta["layout"])
     x, y = to_arrays(dataset, PreprocessConfig(num_frames=args.num_frames or 52))
     subjects = np.array([s.subject for s in dataset.samples])

@@ -52,3 +52,15 @@ def test_full_checkpoint_embeds_the_whole_backbone_and_knn_is_subject_disjoint(t
     y = np.array([0, 0, 1, 1, 0, 0, 1, 1])
     subjects = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     assert knn_top1(z, y, subjects, k=1, folds=4) < 1.0  # its own subject's twin is never a neighbour
+
+
+def test_the_command_takes_the_model_file_too_and_names_what_is_missing(tmp_path, capsys):
+    from simulations.cli import main
+
+    _checkpoint(tmp_path, shared_blocks=4)
+    assert main(["knn", "--checkpoint", str(tmp_path / "global.npz"), "--dataset", "synthetic"]) == 0
+    assert "synthetic: k-NN (k=5, 5 subject folds) top-1" in capsys.readouterr().out
+    assert main(["knn", "--checkpoint", str(tmp_path / "nosuch"), "--dataset", "synthetic"]) == 2
+    assert "nosuch does not exist" in capsys.readouterr().err
+    assert main(["knn", "--checkpoint", str(tmp_path), "--dataset", "nw-ucla", "--data-root", str(tmp_path)]) == 2
+    assert f"--data-root {tmp_path} holds no nw-ucla/ folder" in capsys.readouterr().err
