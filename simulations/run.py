@@ -107,7 +107,8 @@ def settings_from_args(args: argparse.Namespace, strategy: str, out: Path) -> Ru
     except ScenarioError as err:
         raise UserError(str(err)) from None
     if scenario.needs_data_root and not args.data_root:
-        raise UserError(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR")
+        raise UserError(f"scenario {scenario.name!r} reads real data sets: give --data-root DIR (the folder holding "
+                        f"them) or --paths FILE (each site's files; docs/fsar-paper.md)")
     if args.data_root and not Path(args.data_root).is_dir():
         raise UserError(f"--data-root {args.data_root} is not a folder")
     try:

@@ -248,9 +248,20 @@ def apply_paths(scenario: Scenario, paths_file: str | Path) -> Scenario:
         if entry is None:
             missing.append(site.name)
             continue
+        if not isinstance(entry, dict):
+            raise ScenarioError(f"{path}: [{site.name}] must be a table with path, format and options")
+        extra = set(entry) - {"path", "format", "options"}
+        if extra:
+            raise ScenarioError(f"{path}: [{site.name}] has unknown field(s) {', '.join(sorted(extra))}; "
+                                "known: path, format, options")
         for key in ("path", "format"):
             if key not in entry:
                 raise ScenarioError(f"{path}: [{site.name}] is missing {key!r}")
+        from skeletons.datasets import DATASET_NAMES
+
+        if entry["format"] not in DATASET_NAMES:
+            raise ScenarioError(f"{path}: [{site.name}] format {entry['format']!r} is unknown; "
+                                f"known: {', '.join(DATASET_NAMES)}")
         data_path = Path(str(entry["path"])).expanduser()
         if not data_path.exists():
             raise ScenarioError(f"{path}: [{site.name}] path {data_path} does not exist")

@@ -210,3 +210,17 @@ def test_cost_estimate_scales_with_the_data_sets():
     total_train = sum(s.train for s in FULL_SCALE)
     assert est["round"]["cpu_round_hours_here"] == pytest.approx(2 * total_train / 10.0 / 3600)
     assert "ESTIMATE" in est["label"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (("[ntu60]", "[ntu60]\nopts = {}"), r"\[ntu60\] has unknown field\(s\) opts; known: path, format, options"),
+    (('format = "', 'format = "x'), r"\[ntu60\] format 'x.*' is unknown; known: "),
+])
+def test_a_paths_file_entry_with_a_mistake_is_named(tmp_path, standins, capsys, change, message):
+    import re
+
+    paths = _paths_file(tmp_path, standins, ["ntu60", "uestc"])
+    paths.write_text(paths.read_text().replace(*change, 1))
+    rc = sim_main(["run", "--scenario", "fsar-paper", "--paths", str(paths), "--rounds", "1",
+                   "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert rc == 2 and re.search(message, capsys.readouterr().err)
