@@ -25,7 +25,7 @@ from typing import Any
 from server.settings import RunSettings
 from simulations.run import add_run_options, check_some_site_trained, scenario_for_engine, settings_from_args
 from skeletons.atomic import write_json
-from skeletons.clikit import UserError
+from skeletons.clikit import UserError, counted
 from strategies.registry import STRATEGY_NAMES
 
 
@@ -68,6 +68,14 @@ def run(args: argparse.Namespace) -> int:
                 run_dir = out / f"{variant_folder(strategy, epsilon)}-seed{seed}"
                 plan.append((variant_name(strategy, epsilon), run_args, run_dir,
                              strategy_settings(run_args, strategy, run_dir)))
+    clashes = [(run_dir, other) for _, _, run_dir, settings in plan
+               if (other := other_settings(run_dir, settings.to_run_config()))]
+    if clashes:  # never replaced without a word: the folder would mix two comparisons
+        run_dir, other = clashes[0]
+        details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(other.items())[:4])
+        raise UserError(f"{run_dir} holds a completed run with other settings ({details})"
+                        + (f", and {counted(len(clashes) - 1, 'more run')} like it" if len(clashes) > 1 else "")
+                        + f": give another --out, or delete those folders to run them again")
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, run_args, run_dir, settings in plan:
         done = finished_run(run_dir, settings.to_run_config())
@@ -161,6 +169,20 @@ def finished_run(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str, Any]
         return None
     same = results.get("settings") == json.loads(json.dumps(dict(run_config)))
     return results if results.get("complete") and same else None
+
+
+def other_settings(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (then, now)}`` when ``run_dir`` holds a completed run made with settings
+    other than ``run_config`` (where it writes its output aside); empty otherwise."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    then, now = results.get("settings"), json.loads(json.dumps(dict(run_config)))
+    if not results.get("complete") or not isinstance(then, dict) or then == now:
+        return {}
+    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
+            if k != "out-dir" and then.get(k) != now.get(k)}
 
 
 def strategy_settings(args: argparse.Namespace, strategy: str, run_dir: Path) -> RunSettings:

@@ -257,6 +257,23 @@ def test_a_finished_run_is_read_back_only_when_complete_with_the_same_settings(t
     assert finished_run(tmp_path, settings) is None  # unreadable
 
 
+def test_compare_refuses_to_replace_a_completed_run_made_with_other_settings(tmp_path):
+    from simulations.compare import add_arguments, run, strategy_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--scenario", str(TINY), "--strategies", "fsar,fedavg", "--seeds", "0",
+                              "--out", str(tmp_path)])
+    earlier = strategy_settings(args, "fedavg", tmp_path / "fedavg-seed0").to_run_config()
+    earlier["learning-rate"] = 0.01  # the same comparison made before with another learning rate
+    (tmp_path / "fedavg-seed0").mkdir()
+    (tmp_path / "fedavg-seed0" / "results.json").write_text(json.dumps({"settings": earlier, "complete": True}))
+    with pytest.raises(UserError, match=r"fedavg-seed0 holds a completed run with other settings "
+                                        r"\(learning-rate: 0.01 -> 0.002\): give another --out"):
+        run(args)
+    assert not (tmp_path / "fsar-seed0").exists()  # refused before any run
+
+
 def test_epsilons_refuse_a_fixed_epsilon_or_noise_beside_them(tmp_path):
     from simulations.compare import add_arguments, run
 
