@@ -225,6 +225,9 @@ def scenario_from_dict(raw: dict[str, Any], source: str = "<scenario>") -> Scena
     return Scenario(sites=sites, source=source, **raw)
 
 
+_WARNED: set[tuple[str, str, tuple[str, ...]]] = set()  # skipped-site notices already given in this process
+
+
 def apply_paths(scenario: Scenario, paths_file: str | Path) -> Scenario:
     """Point the scenario's sites at data sets a paths file names; drop the sites it lacks.
 
@@ -274,7 +277,9 @@ def apply_paths(scenario: Scenario, paths_file: str | Path) -> Scenario:
             f"{', '.join(s.name for s in sites) or 'none'}; missing: {', '.join(missing)}"
         )
     note = f"; missing (skipped): {', '.join(missing)}" if missing else ""
-    if missing:
+    warning = (str(path.resolve()), scenario.name, tuple(missing))
+    if missing and warning not in _WARNED:  # a run resolves its scenario several times: said once
+        _WARNED.add(warning)
         log.warning("%s names no data set for site(s) %s of scenario %r: they are skipped",
                     path, ", ".join(missing), scenario.name)
     return Scenario(**{**asdict(scenario), "sites": sites, "description": scenario.description + note})

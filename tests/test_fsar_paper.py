@@ -224,3 +224,16 @@ def test_a_paths_file_entry_with_a_mistake_is_named(tmp_path, standins, capsys, 
     rc = sim_main(["run", "--scenario", "fsar-paper", "--paths", str(paths), "--rounds", "1",
                    "--device", "cpu", "--out", str(tmp_path / "run")])
     assert rc == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_the_skipped_sites_are_said_once_however_often_the_scenario_resolves(tmp_path, standins, caplog):
+    import logging
+
+    from skeletons.scenario import resolve_scenario
+
+    paths = _paths_file(tmp_path, standins, ["ntu60", "uestc"])
+    with caplog.at_level(logging.WARNING, logger="skeletons.scenario"):
+        for _ in range(3):  # as fedsar-sim run does: its options, the engine, the ServerApp
+            assert [s.name for s in resolve_scenario("fsar-paper", paths).sites] == ["ntu60", "uestc"]
+    notices = [r for r in caplog.records if "they are skipped" in r.getMessage()]
+    assert len(notices) == 1 and "ntu120, pku-mmd-1, pku-mmd-2" in notices[0].getMessage()
