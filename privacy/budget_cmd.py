@@ -55,7 +55,7 @@ def summarize(ledger: Any, delta: float | None = None, target: float | None = No
     delta = ledger.delta if delta is None else delta
     target = ledger.target_epsilon if target is None else target
     spent = ledger.epsilon(delta)
-    spent_at_budget_delta = ledger.epsilon()
+    spent_at_budget_delta = spent if delta == ledger.delta else ledger.epsilon()
     plan = ledger.plan or {}
     next_round = None
     finished = bool(plan) and _run_finished(ledger, plan)

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from server.settings import RunSettings
+from server.settings import RunSettings, describe_changes, settings_changes
 from server.status import build_status, write_status
 from skeletons.atomic import read_arrays, write_arrays, write_json
 from strategies.screening import RoundRecord
@@ -52,9 +52,7 @@ def changed_settings(manifest: dict[str, Any], settings: RunSettings) -> dict[st
     if saved is None:  # an older manifest: its pinned fields only
         pinned = manifest.get("pinned", {})
         return {k: (pinned.get(k), v) for k, v in _pinned(settings).items() if k in pinned and pinned[k] != v}
-    now = json.loads(json.dumps(settings.to_run_config()))  # the form the manifest keeps
-    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-            if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != now.get(k)}
+    return settings_changes(saved, settings.to_run_config(), MAY_CHANGE_ON_RESUME)
 
 
 class CheckpointError(ValueError):
@@ -107,8 +105,8 @@ def history_from_json(raw: list[dict[str, Any]]) -> list[RoundRecord]:
 
 
 def changed_message(manifest_path: Path, changed: dict[str, tuple[Any, Any]]) -> str:
-    details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-    return (f"checkpoint {manifest_path} was written with other settings ({details}); a resumed run may change "
+    return (f"checkpoint {manifest_path} was written with other settings ({describe_changes(changed)}); "
+            f"a resumed run may change "
             f"only num-server-rounds and how it is operated, or start afresh with --new-run")
 
 
@@ -164,8 +162,8 @@ class RoundCheckpoints:
             if path.name not in keep:
                 path.unlink(missing_ok=True)
 
-    def load(self) -> Checkpoint:
-        """The latest committed checkpoint; errors name the file and what is wrong."""
+    def manifest(self) -> dict[str, Any]:
+        """The latest checkpoint's manifest (round, settings), without its arrays."""
         path = self.manifest_path
         if not path.is_file():
             raise CheckpointError(f"no checkpoint in {self.folder} (expected {path})")
@@ -175,6 +173,12 @@ class RoundCheckpoints:
             raise CheckpointError(f"checkpoint manifest {path} cannot be read: {err}") from None
         if manifest.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {path}: format {manifest.get('format')!r}, expected {FORMAT}")
+        return manifest
+
+    def load(self) -> Checkpoint:
+        """The latest committed checkpoint; errors name the file and what is wrong."""
+        path = self.manifest_path
+        manifest = self.manifest()
         try:
             raw = read_arrays(self.folder / manifest["global"])
             state = read_arrays(self.folder / manifest["strategy_state"])

@@ -185,8 +185,9 @@ class Coordinator:
                 keys[site.name] = public_key_pem(read_site_public_key(site.public_key))
             except KeyFileError as err:
                 problems.append(f"site {site.name!r}: {err}")
+        settings = self.config.settings()
         try:
-            scenario = load_scenario(self.config.settings().scenario)
+            scenario = load_scenario(settings.scenario)
             if len(scenario.sites) != len(self.config.sites):
                 log.warning("scenario %s lists %d sites, federation.toml enrols %d", scenario.name,
                             len(scenario.sites), len(self.config.sites))
@@ -197,7 +198,6 @@ class Coordinator:
             from server.federation import check_group_heads
             from strategies.registry import STRATEGY_NAMES
 
-            settings = self.config.settings()
             if settings.strategy not in STRATEGY_NAMES:
                 raise ValueError(f"strategy = {settings.strategy!r} is unknown; choose from {', '.join(STRATEGY_NAMES)}")
             check_group_heads(settings, check_run_config(self.config.run))
@@ -206,7 +206,7 @@ class Coordinator:
         checkpoints = RoundCheckpoints(self.config.checkpoint_dir)
         if checkpoints.exists() and self.resume:  # a [run] the checkpoint cannot go on with fails before the SuperLink starts
             try:
-                changed = changed_settings(checkpoints.load().manifest, self.config.settings())
+                changed = changed_settings(checkpoints.manifest(), settings)
             except CheckpointError as err:
                 problems.append(str(err))
             else:

@@ -212,9 +212,10 @@ def check_run_settings(settings: RunSettings, model_config: dict[str, Any]) -> N
     check_frozen_blocks(settings.frozen_blocks, depth)
     check_global_mix(settings.global_mix, settings.personal_epochs)
     check_head_start_model(settings.head_start, model_config)
-    check_releases_fit(settings.to_run_config(), model_config)
+    run_config = settings.to_run_config()
+    check_releases_fit(run_config, model_config)
     check_lr_schedule(settings.lr_schedule)
-    check_personal_epochs(settings.personal_epochs, DPSettings.resolve((settings.to_run_config(), "run config")).enabled)
+    check_personal_epochs(settings.personal_epochs, DPSettings.resolve((run_config, "run config")).enabled)
 
 
 def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict[str, Any]:

@@ -127,6 +127,22 @@ class RunSettings:
         return out
 
 
+def settings_changes(then: Mapping[str, Any], now: Mapping[str, Any],
+                     ignore: frozenset[str] | set[str] = frozenset()) -> dict[str, tuple[Any, Any]]:
+    """``{key: (then, now)}`` for the run-config keys whose values differ, ``ignore``
+    left out; ``now`` is compared in the JSON form a results or checkpoint file keeps."""
+    import json
+
+    now = json.loads(json.dumps(dict(now)))
+    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
+            if k not in ignore and then.get(k) != now.get(k)}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]], limit: int | None = None) -> str:
+    """``learning-rate: 0.05 -> 0.01, ...``: the changes an error message names."""
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:limit])
+
+
 def unknown_key(key: str) -> str:
     """The refusal of a key no run reads, with the nearest known keys."""
     close = difflib.get_close_matches(key, sorted(RunSettings.known_keys()), n=3, cutoff=0.6)

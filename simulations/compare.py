@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from server.settings import RunSettings
+from server.settings import RunSettings, describe_changes, settings_changes
 from simulations.run import add_run_options, check_some_site_trained, scenario_for_engine, settings_from_args
 from skeletons.atomic import write_json
 from skeletons.clikit import UserError, counted
@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
                if (other := other_settings(run_dir, settings.to_run_config()))]
     if clashes:  # never replaced without a word: the folder would mix two comparisons
         run_dir, other = clashes[0]
-        details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(other.items())[:4])
-        raise UserError(f"{run_dir} holds a completed run with other settings ({details})"
+        raise UserError(f"{run_dir} holds a completed run with other settings ({describe_changes(other, 4)})"
                         + (f", and {counted(len(clashes) - 1, 'more run')} like it" if len(clashes) > 1 else "")
                         + f": give another --out, or delete those folders to run them again")
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -178,11 +177,10 @@ def other_settings(run_dir: Path, run_config: Mapping[str, Any]) -> dict[str, tu
         results = json.loads((run_dir / "results.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    then, now = results.get("settings"), json.loads(json.dumps(dict(run_config)))
-    if not results.get("complete") or not isinstance(then, dict) or then == now:
+    then = results.get("settings")
+    if not results.get("complete") or not isinstance(then, dict):
         return {}
-    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
-            if k != "out-dir" and then.get(k) != now.get(k)}
+    return settings_changes(then, run_config, {"out-dir"})
 
 
 def strategy_settings(args: argparse.Namespace, strategy: str, run_dir: Path) -> RunSettings:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skeletons.datasets import DATASET_NAMES
+
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ class SiteSpec:
         for required in ("name", "dataset"):
             if required not in raw:
                 raise ScenarioError(f"{where}: missing field {required!r}")
-        from skeletons.datasets import DATASET_NAMES
-
         if raw["dataset"] not in DATASET_NAMES:  # caught here, not by every process of the site in every round
             raise ScenarioError(f"{where}: dataset {raw['dataset']!r} is unknown; known: {', '.join(DATASET_NAMES)}")
         if raw.get("anonymize") is not None:
@@ -260,8 +260,6 @@ def apply_paths(scenario: Scenario, paths_file: str | Path) -> Scenario:
         for key in ("path", "format"):
             if key not in entry:
                 raise ScenarioError(f"{path}: [{site.name}] is missing {key!r}")
-        from skeletons.datasets import DATASET_NAMES
-
         if entry["format"] not in DATASET_NAMES:
             raise ScenarioError(f"{path}: [{site.name}] format {entry['format']!r} is unknown; "
                                 f"known: {', '.join(DATASET_NAMES)}")
